@@ -1,0 +1,1 @@
+//! rtnetlink operations (links, addresses, routes) and network-namespace helpers.

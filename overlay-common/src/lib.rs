@@ -1,0 +1,275 @@
+//! Types shared by the eBPF datapath (`overlay-ebpf`) and the agent (`overlay-agent`).
+//!
+//! Everything that crosses the kernel/user boundary lives here and only here: map
+//! key/value layouts, map and program names, limits, and the reason codes the datapath
+//! counts. Every map type is `#[repr(C)]`, has explicit padding (which userspace must
+//! zero: the kernel hashes keys byte for byte), and uses no `bool`/`Option`.
+//! IPv4 addresses and MACs are byte arrays in wire order, so no field has a hidden
+//! byte order; the few integers kept in network order carry a `_be` suffix.
+#![no_std]
+
+pub mod reason;
+
+pub use reason::{Direction, Reason};
+
+/// Map names. The eBPF statics carry the same names; the agent pins each map under
+/// `<bpffs_dir>/maps/<NAME>`. Kernel object names are limited to 15 bytes.
+pub mod maps {
+    pub const NEIGH: &str = "OVL_NEIGH";
+    pub const FDB: &str = "OVL_FDB";
+    pub const ENDPOINTS: &str = "OVL_ENDPOINTS";
+    pub const NETWORKS: &str = "OVL_NETWORKS";
+    pub const CONFIG: &str = "OVL_CONFIG";
+    pub const STATS: &str = "OVL_STATS";
+    pub const PROBE: &str = "OVL_PROBE";
+    /// Every map the agent pins, in dump order.
+    pub const ALL: [&str; 6] = [NEIGH, FDB, ENDPOINTS, NETWORKS, CONFIG, STATS];
+}
+
+/// Program (function) names in the eBPF object.
+pub mod programs {
+    /// TC ingress of the host-side veth: frames a container sends.
+    pub const FROM_CONTAINER: &str = "ovl_from_container";
+    /// TC ingress of the underlay interface: VXLAN packets from other hosts.
+    pub const FROM_UNDERLAY: &str = "ovl_from_underlay";
+    /// Feature probe run with `BPF_PROG_TEST_RUN` at start-up (never attached).
+    pub const PROBE_ADJUST_ROOM: &str = "ovl_probe_adjust_room";
+}
+
+/// Map sizes.
+pub mod limits {
+    pub const MAX_NETWORKS: u32 = 256;
+    pub const MAX_NEIGH: u32 = 65_536;
+    pub const MAX_FDB: u32 = 65_536;
+    pub const MAX_LOCAL_ENDPOINTS: u32 = 4_096;
+    /// Distinct VXLAN UDP ports across all networks of one agent.
+    pub const MAX_UDP_PORTS: usize = 8;
+}
+
+/// VXLAN wire constants (RFC 7348).
+pub mod vxlan {
+    pub const DEFAULT_UDP_PORT: u16 = 4789;
+    /// Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8).
+    pub const OVERHEAD: u32 = 50;
+    /// The I flag: the VNI field is valid.
+    pub const FLAG_VNI_VALID: u8 = 0x08;
+    pub const MAX_VNI: u32 = (1 << 24) - 1;
+    /// Outer UDP source ports are drawn from this range (RFC 7348 section 5
+    /// recommends the dynamic range) using a hash of the inner flow, as the
+    /// kernel's `udp_flow_src_port` does, so ECMP spreads flows.
+    pub const SRC_PORT_MIN: u16 = 49_152;
+    pub const SRC_PORT_MAX: u16 = 65_535;
+}
+
+/// `bpf_skb_adjust_room` flags from the kernel's uapi `linux/bpf.h`. The agent probes
+/// which of them the running kernel accepts and stores the result in [`DatapathConfig`].
+pub mod adjust_room {
+    pub const FIXED_GSO: u64 = 1 << 0;
+    pub const ENCAP_L3_IPV4: u64 = 1 << 1;
+    pub const ENCAP_L4_UDP: u64 = 1 << 4;
+    pub const NO_CSUM_RESET: u64 = 1 << 5;
+    pub const ENCAP_L2_ETH: u64 = 1 << 6;
+    pub const fn encap_l2(len: u64) -> u64 {
+        (len & 0xff) << 56
+    }
+    /// What every supported kernel accepts for VXLAN encapsulation (5.2+).
+    pub const ENCAP_BASE: u64 = FIXED_GSO | ENCAP_L3_IPV4 | ENCAP_L4_UDP | encap_l2(14);
+    /// What every supported kernel accepts for decapsulation (5.2+).
+    pub const DECAP_BASE: u64 = FIXED_GSO;
+}
+
+/// Neighbour map key: which MAC answers ARP for `ip` in network `vni`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NeighKey {
+    pub vni: u32,
+    pub ip: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NeighValue {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// FDB key: where frames for `mac` in network `vni` go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FdbKey {
+    pub vni: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl FdbKey {
+    pub const fn new(vni: u32, mac: [u8; 6]) -> Self {
+        Self { vni, mac, _pad: [0; 2] }
+    }
+}
+
+/// [`FdbValue::kind`]: a container on this host, reached through `ifindex`.
+pub const FDB_LOCAL: u32 = 1;
+/// [`FdbValue::kind`]: a container behind the VTEP `vtep`, reached over VXLAN.
+pub const FDB_REMOTE: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdbValue {
+    /// [`FDB_LOCAL`] or [`FDB_REMOTE`].
+    pub kind: u32,
+    /// Local: the host-side veth of the container.
+    pub ifindex: u32,
+    /// Remote: the VTEP's IPv4 address.
+    pub vtep: [u8; 4],
+    /// Remote: the VXLAN UDP destination port, network byte order.
+    pub udp_port_be: u16,
+    pub _pad: [u8; 2],
+}
+
+/// A container plugged into this host, keyed by the ifindex of its host-side veth
+/// (`u32` key), so the program on that veth knows the sender's network and identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointValue {
+    pub vni: u32,
+    pub ip: [u8; 4],
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// A network this host serves, keyed by VNI (`u32` key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetworkValue {
+    pub udp_port_be: u16,
+    pub mtu: u16,
+    pub _pad: [u8; 4],
+}
+
+/// Host-wide datapath settings, the single entry (index 0) of the `OVL_CONFIG` array.
+/// `vtep` all zero means "not configured yet": the programs pass everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DatapathConfig {
+    /// This host's VTEP address (outer source IP).
+    pub vtep: [u8; 4],
+    /// The underlay interface encapsulated frames leave through.
+    pub underlay_ifindex: u32,
+    /// `bpf_skb_adjust_room` flags for encapsulation, as probed on this kernel.
+    pub encap_flags: u64,
+    /// `bpf_skb_adjust_room` flags for decapsulation, as probed on this kernel.
+    pub decap_flags: u64,
+    pub src_port_min: u16,
+    pub src_port_max: u16,
+    /// Number of valid entries in `udp_ports_be`.
+    pub n_udp_ports: u32,
+    /// VXLAN UDP ports in use by the networks, network byte order.
+    pub udp_ports_be: [u16; limits::MAX_UDP_PORTS],
+    /// [`FEATURE_CSUM_LEVEL`] and friends.
+    pub features: u32,
+    pub _pad: [u8; 4],
+}
+
+/// `bpf_csum_level` is available (5.7+): after decap with `NO_CSUM_RESET`, the
+/// checksum verdict of the outer packet is moved down one level to the inner one.
+pub const FEATURE_CSUM_LEVEL: u32 = 1 << 0;
+
+impl DatapathConfig {
+    pub const fn zeroed() -> Self {
+        Self {
+            vtep: [0; 4],
+            underlay_ifindex: 0,
+            encap_flags: 0,
+            decap_flags: 0,
+            src_port_min: 0,
+            src_port_max: 0,
+            n_udp_ports: 0,
+            udp_ports_be: [0; limits::MAX_UDP_PORTS],
+            features: 0,
+            _pad: [0; 4],
+        }
+    }
+}
+
+/// Per-CPU counter, one per (direction, reason): index [`stats_index`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StatsValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reason codes per direction in the stats array.
+pub const REASON_SLOTS: u32 = 64;
+/// Size of the stats array.
+pub const STATS_ENTRIES: u32 = REASON_SLOTS * Direction::COUNT;
+
+/// Index of (direction, reason) in the stats array.
+#[inline(always)]
+pub const fn stats_index(dir: Direction, reason: Reason) -> u32 {
+    dir as u32 * REASON_SLOTS + reason as u32
+}
+
+/// Input and output of the `adjust_room` probe program (`OVL_PROBE`, index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProbeArgs {
+    /// Bytes to add (positive) or remove (negative).
+    pub len_diff: i32,
+    /// 1: also call `bpf_csum_level(BPF_CSUM_LEVEL_QUERY)` after adjusting.
+    pub csum_level: u32,
+    pub flags: u64,
+    /// Written by the program: the helper's return value.
+    pub ret: i64,
+    /// Written by the program: `bpf_csum_level`'s return value (if asked).
+    pub csum_ret: i64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], made only of integers and byte arrays,
+    // with explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for NeighKey {}
+    unsafe impl aya::Pod for NeighValue {}
+    unsafe impl aya::Pod for FdbKey {}
+    unsafe impl aya::Pod for FdbValue {}
+    unsafe impl aya::Pod for EndpointValue {}
+    unsafe impl aya::Pod for NetworkValue {}
+    unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for StatsValue {}
+    unsafe impl aya::Pod for ProbeArgs {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<NeighKey>(), 8);
+        assert_eq!(size_of::<NeighValue>(), 8);
+        assert_eq!(size_of::<FdbKey>(), 12);
+        assert_eq!(size_of::<FdbValue>(), 16);
+        assert_eq!(size_of::<EndpointValue>(), 16);
+        assert_eq!(size_of::<NetworkValue>(), 8);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 8 + 8 + 2 + 2 + 4 + 16 + 4 + 4);
+        assert_eq!(size_of::<StatsValue>(), 16);
+        assert_eq!(size_of::<ProbeArgs>(), 32);
+    }
+
+    #[test]
+    fn map_names_fit_kernel_object_names() {
+        for name in maps::ALL.iter().chain([maps::PROBE].iter()) {
+            assert!(name.len() <= 15, "{name} is longer than BPF_OBJ_NAME_LEN - 1");
+        }
+    }
+
+    #[test]
+    fn encap_l2_encodes_length_in_top_byte() {
+        assert_eq!(adjust_room::encap_l2(14), 14u64 << 56);
+        assert_eq!(adjust_room::ENCAP_BASE & 0xff, 0b1_0011);
+    }
+}

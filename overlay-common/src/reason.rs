@@ -1,0 +1,204 @@
+//! Why the datapath did what it did with a packet. Every packet a program sees is
+//! counted under exactly one reason. Codes are stable: a retired code keeps its slot
+//! (write `// 7: retired, was ...`) so that old dumps and dashboards stay readable.
+
+/// Where the packet came from (the program that saw it).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// TC ingress of a container's host-side veth: the container sent it.
+    FromContainer = 0,
+    /// TC ingress of the underlay interface.
+    FromUnderlay = 1,
+}
+
+impl Direction {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [Direction; 2] = [Direction::FromContainer, Direction::FromUnderlay];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::FromContainer => "from-container",
+            Direction::FromUnderlay => "from-underlay",
+        }
+    }
+}
+
+/// What happened to a packet. [`Reason::kind`] tells forwarded, passed and dropped apart.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    // --- forwarded by the datapath (1..=15)
+    /// Encapsulated in VXLAN and sent to a remote VTEP.
+    Encapsulated = 1,
+    /// Delivered to another container on this host without leaving it.
+    LocalDelivered = 2,
+    /// ARP request answered from the neighbour map.
+    ArpReplied = 3,
+    /// VXLAN packet decapsulated and delivered into a local container.
+    Decapsulated = 4,
+
+    // --- handed to the kernel stack unchanged (16..=31)
+    /// Not VXLAN for this VTEP (other underlay traffic): none of our business.
+    PassNotOverlay = 16,
+    /// VXLAN-port UDP that is an IP fragment: left to the kernel (reassembly is not
+    /// done in eBPF).
+    PassFragment = 17,
+    /// Outer IPv4 header with options: left to the kernel.
+    PassIpOptions = 18,
+    /// The datapath has no configuration yet (agent starting).
+    PassNotConfigured = 19,
+
+    // --- dropped (32..=63)
+    /// Headers shorter than they claim or than the protocol needs.
+    Malformed = 32,
+    /// Frame from a veth that is not a registered endpoint.
+    UnknownEndpoint = 33,
+    /// Source MAC differs from the endpoint's MAC (spoofing or misconfiguration).
+    SourceMacMismatch = 34,
+    /// ARP request for an IP with no neighbour entry in the sender's network.
+    ArpUnknownTarget = 35,
+    /// ARP that is not an Ethernet/IPv4 request (replies, gratuitous, other hw types).
+    ArpNotRequest = 36,
+    /// ARP request for the sender's own IP (duplicate address detection): not answered.
+    ArpOwnAddress = 37,
+    /// Broadcast or multicast frame that is not ARP: no flooding in this datapath yet.
+    BroadcastUnsupported = 38,
+    /// Unicast to a MAC with no FDB entry in the network.
+    UnknownDestination = 39,
+    /// VXLAN for a VNI this host does not serve.
+    UnknownVni = 40,
+    /// VXLAN header without the I flag.
+    VxlanBadFlags = 41,
+    /// `bpf_skb_adjust_room` failed.
+    AdjustRoomFailed = 42,
+    /// The redirect helper refused the packet.
+    RedirectFailed = 43,
+    /// Writing into the packet failed (`bpf_skb_store_bytes`/`load_bytes`).
+    StoreFailed = 44,
+    /// VXLAN to our port whose VNI is served but whose inner destination is a remote
+    /// endpoint (we never forward VXLAN to VXLAN).
+    NotLocalDestination = 45,
+}
+
+/// How a reason ended for the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReasonKind {
+    Forwarded,
+    Passed,
+    Dropped,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 22] = [
+        Reason::Encapsulated,
+        Reason::LocalDelivered,
+        Reason::ArpReplied,
+        Reason::Decapsulated,
+        Reason::PassNotOverlay,
+        Reason::PassFragment,
+        Reason::PassIpOptions,
+        Reason::PassNotConfigured,
+        Reason::Malformed,
+        Reason::UnknownEndpoint,
+        Reason::SourceMacMismatch,
+        Reason::ArpUnknownTarget,
+        Reason::ArpNotRequest,
+        Reason::ArpOwnAddress,
+        Reason::BroadcastUnsupported,
+        Reason::UnknownDestination,
+        Reason::UnknownVni,
+        Reason::VxlanBadFlags,
+        Reason::AdjustRoomFailed,
+        Reason::RedirectFailed,
+        Reason::StoreFailed,
+        Reason::NotLocalDestination,
+    ];
+
+    pub const fn kind(self) -> ReasonKind {
+        match self as u32 {
+            0..=15 => ReasonKind::Forwarded,
+            16..=31 => ReasonKind::Passed,
+            _ => ReasonKind::Dropped,
+        }
+    }
+
+    pub const fn from_code(code: u32) -> Option<Reason> {
+        Some(match code {
+            1 => Reason::Encapsulated,
+            2 => Reason::LocalDelivered,
+            3 => Reason::ArpReplied,
+            4 => Reason::Decapsulated,
+            16 => Reason::PassNotOverlay,
+            17 => Reason::PassFragment,
+            18 => Reason::PassIpOptions,
+            19 => Reason::PassNotConfigured,
+            32 => Reason::Malformed,
+            33 => Reason::UnknownEndpoint,
+            34 => Reason::SourceMacMismatch,
+            35 => Reason::ArpUnknownTarget,
+            36 => Reason::ArpNotRequest,
+            37 => Reason::ArpOwnAddress,
+            38 => Reason::BroadcastUnsupported,
+            39 => Reason::UnknownDestination,
+            40 => Reason::UnknownVni,
+            41 => Reason::VxlanBadFlags,
+            42 => Reason::AdjustRoomFailed,
+            43 => Reason::RedirectFailed,
+            44 => Reason::StoreFailed,
+            45 => Reason::NotLocalDestination,
+            _ => return None,
+        })
+    }
+
+    /// Stable kebab-case name, used by `map dump`, metrics and tests.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Encapsulated => "encapsulated",
+            Reason::LocalDelivered => "local-delivered",
+            Reason::ArpReplied => "arp-replied",
+            Reason::Decapsulated => "decapsulated",
+            Reason::PassNotOverlay => "pass-not-overlay",
+            Reason::PassFragment => "pass-fragment",
+            Reason::PassIpOptions => "pass-ip-options",
+            Reason::PassNotConfigured => "pass-not-configured",
+            Reason::Malformed => "malformed",
+            Reason::UnknownEndpoint => "unknown-endpoint",
+            Reason::SourceMacMismatch => "source-mac-mismatch",
+            Reason::ArpUnknownTarget => "arp-unknown-target",
+            Reason::ArpNotRequest => "arp-not-request",
+            Reason::ArpOwnAddress => "arp-own-address",
+            Reason::BroadcastUnsupported => "broadcast-unsupported",
+            Reason::UnknownDestination => "unknown-destination",
+            Reason::UnknownVni => "unknown-vni",
+            Reason::VxlanBadFlags => "vxlan-bad-flags",
+            Reason::AdjustRoomFailed => "adjust-room-failed",
+            Reason::RedirectFailed => "redirect-failed",
+            Reason::StoreFailed => "store-failed",
+            Reason::NotLocalDestination => "not-local-destination",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_fit_the_stats_slots() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r as u32), Some(r), "{}", r.name());
+            assert!((r as u32) < crate::REASON_SLOTS);
+        }
+        // Every code from_code knows is listed in ALL (no reason left out of dumps).
+        let known = (0..crate::REASON_SLOTS).filter_map(Reason::from_code).count();
+        assert_eq!(known, Reason::ALL.len());
+    }
+
+    #[test]
+    fn kinds_follow_code_ranges() {
+        assert_eq!(Reason::Decapsulated.kind(), ReasonKind::Forwarded);
+        assert_eq!(Reason::PassFragment.kind(), ReasonKind::Passed);
+        assert_eq!(Reason::UnknownVni.kind(), ReasonKind::Dropped);
+    }
+}
