@@ -31,7 +31,14 @@ fn main() -> anyhow::Result<()> {
         root_dir: &meta,
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf], Toolchain::Custom(&toolchain)).context("building overlay-ebpf")
+    aya_build::build_ebpf([ebpf], Toolchain::Custom(&toolchain)).context("building overlay-ebpf")?;
+    if skip {
+        // An empty object: the agent compiles (for clippy, docs, the netlink tests) and
+        // refuses to start the eBPF datapath with a clear error.
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?).join("overlay-ebpf");
+        std::fs::write(&out, b"").with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
 }
 
 fn cargo_metadata_root() -> anyhow::Result<String> {

@@ -1,0 +1,105 @@
+//! The agent's control API: newline-delimited JSON over a unix socket in `state_dir`.
+//! One request per connection line, one response line back. The CLI is its client.
+
+pub mod client;
+pub mod server;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{datapath::DatapathStatus, mac::MacAddr};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub network: String,
+    /// A name under /run/netns (`ip netns`) or a path such as /proc/PID/ns/net.
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// Default: derived from the IP (`02:42:` + the IPv4 bytes).
+    pub mac: Option<MacAddr>,
+    /// Interface name inside the container; default `eth0`.
+    pub ifname: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    EndpointAdd(EndpointSpec),
+    EndpointDel { network: String, ip: Ipv4Addr },
+    EndpointList,
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub network: String,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub node: String,
+    pub vtep: Ipv4Addr,
+    /// True for endpoints on this host.
+    pub local: bool,
+    /// Local only: where the container end lives and the host-side veth.
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+    pub host_ifname: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    pub udp_port: u16,
+    pub mtu: u32,
+    pub local_endpoints: usize,
+    pub remote_endpoints: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub node: String,
+    pub vtep: Ipv4Addr,
+    pub endpoints: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub node: String,
+    pub vtep: Ipv4Addr,
+    pub underlay_interface: String,
+    pub underlay_mtu: u32,
+    pub datapath: DatapathStatus,
+    pub store: String,
+    pub networks: Vec<NetworkInfo>,
+    pub peers: Vec<PeerInfo>,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Endpoint(EndpointInfo),
+    Deleted(EndpointInfo),
+    Endpoints { endpoints: Vec<EndpointInfo> },
+    Status(StatusInfo),
+    Error { message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_tagged_json() {
+        let r = Request::EndpointDel { network: "blue".into(), ip: Ipv4Addr::new(10, 0, 10, 10) };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"endpoint-del","network":"blue","ip":"10.0.10.10"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let e = Response::Error { message: "no".into() };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"result":"error","message":"no"}"#);
+    }
+}

@@ -1,0 +1,85 @@
+//! Command-line arguments (clap).
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{mac::MacAddr, paths};
+
+#[derive(Debug, Parser)]
+#[command(name = "overlay-agent", version, about = "eBPF-accelerated VXLAN overlay for containers: the per-host agent")]
+pub struct Cli {
+    /// Agent configuration file (TOML); every subcommand finds the agent's socket and pins from it.
+    #[arg(long, global = true, env = paths::CONFIG_ENV, default_value = paths::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (daemon) until SIGTERM/SIGINT.
+    Run,
+    /// Plug containers in and out, list endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Inspect the datapath's maps.
+    #[command(subcommand)]
+    Map(MapCommand),
+    /// Show the running agent's state: node, datapath mode, networks, peers.
+    Status(OutputArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Create a veth into a container's network namespace and publish the endpoint.
+    Add(EndpointAddArgs),
+    /// Remove an endpoint of this host (deletes its veth, withdraws it from peers).
+    Del(EndpointDelArgs),
+    /// List local and remote endpoints.
+    List(OutputArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointAddArgs {
+    /// Network name from the config.
+    #[arg(long)]
+    pub network: String,
+    /// Container network namespace: a name under /run/netns or a path like /proc/PID/ns/net.
+    #[arg(long)]
+    pub netns: String,
+    /// The container's IPv4 address (inside the network's subnet).
+    #[arg(long)]
+    pub ip: Ipv4Addr,
+    /// The container's MAC; default 02:42 followed by the IPv4 bytes.
+    #[arg(long)]
+    pub mac: Option<MacAddr>,
+    /// Interface name inside the container.
+    #[arg(long, default_value = "eth0")]
+    pub ifname: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointDelArgs {
+    #[arg(long)]
+    pub network: String,
+    #[arg(long)]
+    pub ip: Ipv4Addr,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MapCommand {
+    /// Print the pinned maps (neighbours, FDB, endpoints, networks, stats); works with the daemon down.
+    Dump(OutputArgs),
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct OutputArgs {
+    /// Machine-readable JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}

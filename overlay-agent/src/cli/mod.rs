@@ -1,0 +1,28 @@
+//! The `overlay-agent` command line: argument parsing and one module per subcommand.
+//! Data is fetched into `Serialize` structs first, then rendered as tables or JSON.
+
+pub mod args;
+mod endpoint;
+mod map;
+mod render;
+mod run;
+mod status;
+
+use anyhow::Result;
+
+pub use args::Cli;
+use args::{Command, EndpointCommand, MapCommand};
+
+use crate::config::Config;
+
+pub fn execute(cli: Cli) -> Result<()> {
+    let load = || Config::load(&cli.config);
+    match cli.command {
+        Command::Run => run::execute(load()?),
+        Command::Endpoint(EndpointCommand::Add(a)) => endpoint::add(&load()?, a),
+        Command::Endpoint(EndpointCommand::Del(a)) => endpoint::del(&load()?, a),
+        Command::Endpoint(EndpointCommand::List(o)) => endpoint::list(&load()?, o),
+        Command::Map(MapCommand::Dump(o)) => map::dump(&load()?, o),
+        Command::Status(o) => status::execute(&load()?, o),
+    }
+}

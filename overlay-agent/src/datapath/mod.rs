@@ -1,0 +1,74 @@
+//! The datapath: how frames actually move. The agent decides *what* must be
+//! forwarded ([`Forwarding`]); a [`Datapath`] makes the kernel do it. The eBPF
+//! implementation lives in [`ebpf`]; a kernel-VXLAN-device implementation can sit
+//! beside it behind the same trait.
+
+pub mod ebpf;
+pub mod pinned;
+pub mod probe;
+pub mod tables;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::Serialize;
+
+use crate::mac::MacAddr;
+
+/// A container on this host, as the datapath needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalEndpoint {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// The host-side veth.
+    pub ifindex: u32,
+    pub ifname: String,
+}
+
+/// A container on another host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteEndpoint {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+    pub udp_port: u16,
+    pub node: String,
+}
+
+/// Everything this host must forward, whatever the datapath.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// By host-side veth ifindex.
+    pub local: BTreeMap<u32, LocalEndpoint>,
+    /// By (VNI, MAC).
+    pub remote: BTreeMap<(u32, MacAddr), RemoteEndpoint>,
+}
+
+/// What `status` shows about the datapath.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct DatapathStatus {
+    pub mode: String,
+    /// Why this mode, or which kernel features it uses.
+    pub detail: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+}
+
+#[expect(async_fn_in_trait, reason = "used with static dispatch on the agent's own runtime")]
+pub trait Datapath {
+    fn status(&self) -> DatapathStatus;
+    /// Makes a freshly created host-side veth part of the datapath.
+    async fn attach_endpoint(&mut self, ifindex: u32, ifname: &str) -> Result<(), DatapathError>;
+    /// Undoes [`Datapath::attach_endpoint`]; fine if the veth is already gone.
+    async fn detach_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError>;
+    /// Makes the forwarding tables equal `fwd`: adds what is missing, then removes
+    /// what is stale (adding first so a changed entry never blackholes).
+    async fn sync(&mut self, fwd: &Forwarding) -> Result<(), DatapathError>;
+    /// Removes everything this datapath made.
+    async fn shutdown(self) -> Result<(), DatapathError>;
+}

@@ -1,0 +1,268 @@
+//! Reads the pinned maps of a (running or stopped) eBPF datapath, for `map dump`,
+//! status and tests. Works without the daemon: the pins are the source of truth.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use overlay_common::{
+    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, NeighKey,
+    NeighValue, NetworkValue, Reason, StatsValue, maps, reason::ReasonKind, stats_index,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error(
+        "no pinned datapath maps at {dir}: the agent for this config is not running in eBPF mode \
+         (start it with `overlay-agent run --config FILE`, and check `bpffs_dir`)"
+    )]
+    NotPinned { dir: PathBuf },
+    #[error("pinned map {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading pinned map {name}: {source}")]
+    Read {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigRow {
+    pub vtep: Ipv4Addr,
+    pub underlay_ifindex: u32,
+    pub udp_ports: Vec<u16>,
+    pub src_port_min: u16,
+    pub src_port_max: u16,
+    pub encap_flags: String,
+    pub decap_flags: String,
+    pub features: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkRow {
+    pub vni: u32,
+    pub udp_port: u16,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub ifindex: u32,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NeighRow {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdbRow {
+    pub vni: u32,
+    pub mac: MacAddr,
+    /// "local" or "remote".
+    pub kind: String,
+    /// Local: the host-side veth.
+    pub ifindex: Option<u32>,
+    /// Remote: the VTEP and its UDP port.
+    pub vtep: Option<Ipv4Addr>,
+    pub udp_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatsRow {
+    pub direction: String,
+    pub reason: String,
+    /// "forwarded", "passed" or "dropped".
+    pub kind: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Everything `map dump` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapDump {
+    pub datapath: String,
+    pub pin_dir: PathBuf,
+    pub config: Option<ConfigRow>,
+    pub networks: Vec<NetworkRow>,
+    pub endpoints: Vec<EndpointRow>,
+    pub neighbours: Vec<NeighRow>,
+    pub fdb: Vec<FdbRow>,
+    /// Non-zero counters, summed over CPUs.
+    pub stats: Vec<StatsRow>,
+}
+
+impl MapDump {
+    /// Packets counted under (direction, reason); 0 if never seen.
+    pub fn packets(&self, dir: Direction, reason: Reason) -> u64 {
+        self.stats
+            .iter()
+            .find(|s| s.direction == dir.name() && s.reason == reason.name())
+            .map_or(0, |s| s.packets)
+    }
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<Map, PinnedError> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| PinnedError::Open { path: path.clone(), source })?;
+    Map::from_map_data(data).map_err(|source| PinnedError::Open { path, source })
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &'static str) -> Result<T, PinnedError> {
+    T::try_from(open(dir, name)?).map_err(|source| PinnedError::Read { name, source })
+}
+
+fn read_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> PinnedError {
+    move |source| PinnedError::Read { name, source }
+}
+
+/// Names the `bpf_skb_adjust_room` flags for humans.
+pub fn flag_names(flags: u64) -> String {
+    use overlay_common::adjust_room as f;
+    let mut names = Vec::new();
+    for (bit, name) in [
+        (f::FIXED_GSO, "FIXED_GSO"),
+        (f::ENCAP_L3_IPV4, "ENCAP_L3_IPV4"),
+        (f::ENCAP_L4_UDP, "ENCAP_L4_UDP"),
+        (f::NO_CSUM_RESET, "NO_CSUM_RESET"),
+        (f::ENCAP_L2_ETH, "ENCAP_L2_ETH"),
+    ] {
+        if flags & bit != 0 {
+            names.push(name.to_string());
+        }
+    }
+    let l2 = flags >> 56;
+    if l2 != 0 {
+        names.push(format!("ENCAP_L2({l2})"));
+    }
+    names.join("|")
+}
+
+/// Reads every pinned map under `maps_dir`.
+pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
+    if !maps_dir.join(maps::CONFIG).exists() {
+        return Err(PinnedError::NotPinned { dir: maps_dir.to_owned() });
+    }
+    let config: Array<MapData, DatapathConfig> = typed(maps_dir, maps::CONFIG)?;
+    let c = config.get(&0, 0).map_err(read_err(maps::CONFIG))?;
+    let config = (c.vtep != [0; 4]).then(|| ConfigRow {
+        vtep: c.vtep.into(),
+        underlay_ifindex: c.underlay_ifindex,
+        udp_ports: c.udp_ports_be[..c.n_udp_ports as usize].iter().map(|p| u16::from_be(*p)).collect(),
+        src_port_min: c.src_port_min,
+        src_port_max: c.src_port_max,
+        encap_flags: flag_names(c.encap_flags),
+        decap_flags: flag_names(c.decap_flags),
+        features: c.features,
+    });
+
+    let networks_map: HashMap<MapData, u32, NetworkValue> = typed(maps_dir, maps::NETWORKS)?;
+    let mut networks = Vec::new();
+    for item in networks_map.iter() {
+        let (vni, v) = item.map_err(read_err(maps::NETWORKS))?;
+        networks.push(NetworkRow { vni, udp_port: u16::from_be(v.udp_port_be), mtu: v.mtu });
+    }
+    networks.sort_by_key(|n| n.vni);
+
+    let ep_map: HashMap<MapData, u32, EndpointValue> = typed(maps_dir, maps::ENDPOINTS)?;
+    let mut endpoints = Vec::new();
+    for item in ep_map.iter() {
+        let (ifindex, v) = item.map_err(read_err(maps::ENDPOINTS))?;
+        endpoints.push(EndpointRow { ifindex, vni: v.vni, ip: v.ip.into(), mac: MacAddr(v.mac) });
+    }
+    endpoints.sort_by_key(|e| (e.vni, e.ip));
+
+    let neigh_map: HashMap<MapData, NeighKey, NeighValue> = typed(maps_dir, maps::NEIGH)?;
+    let mut neighbours = Vec::new();
+    for item in neigh_map.iter() {
+        let (k, v) = item.map_err(read_err(maps::NEIGH))?;
+        neighbours.push(NeighRow { vni: k.vni, ip: k.ip.into(), mac: MacAddr(v.mac) });
+    }
+    neighbours.sort_by_key(|n| (n.vni, n.ip));
+
+    let fdb_map: HashMap<MapData, FdbKey, FdbValue> = typed(maps_dir, maps::FDB)?;
+    let mut fdb = Vec::new();
+    for item in fdb_map.iter() {
+        let (k, v) = item.map_err(read_err(maps::FDB))?;
+        let local = v.kind == FDB_LOCAL;
+        fdb.push(FdbRow {
+            vni: k.vni,
+            mac: MacAddr(k.mac),
+            kind: match v.kind {
+                FDB_LOCAL => "local".into(),
+                FDB_REMOTE => "remote".into(),
+                other => format!("unknown({other})"),
+            },
+            ifindex: local.then_some(v.ifindex),
+            vtep: (!local).then(|| v.vtep.into()),
+            udp_port: (!local).then(|| u16::from_be(v.udp_port_be)),
+        });
+    }
+    fdb.sort_by_key(|f| (f.vni, f.mac));
+
+    let stats_map: PerCpuArray<MapData, StatsValue> = typed(maps_dir, maps::STATS)?;
+    let mut stats = Vec::new();
+    for dir in Direction::ALL {
+        for reason in Reason::ALL {
+            let per_cpu = stats_map.get(&stats_index(dir, reason), 0).map_err(read_err(maps::STATS))?;
+            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            if packets > 0 {
+                stats.push(StatsRow {
+                    direction: dir.name().into(),
+                    reason: reason.name().into(),
+                    kind: match reason.kind() {
+                        ReasonKind::Forwarded => "forwarded",
+                        ReasonKind::Passed => "passed",
+                        ReasonKind::Dropped => "dropped",
+                    }
+                    .into(),
+                    packets,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    Ok(MapDump {
+        datapath: "ebpf".into(),
+        pin_dir: maps_dir.to_owned(),
+        config,
+        networks,
+        endpoints,
+        neighbours,
+        fdb,
+        stats,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_flags() {
+        let f = overlay_common::adjust_room::ENCAP_BASE | overlay_common::adjust_room::ENCAP_L2_ETH;
+        assert_eq!(flag_names(f), "FIXED_GSO|ENCAP_L3_IPV4|ENCAP_L4_UDP|ENCAP_L2_ETH|ENCAP_L2(14)");
+    }
+
+    #[test]
+    fn missing_pins_say_what_to_do() {
+        let e = dump(Path::new("/nonexistent/overlay")).unwrap_err().to_string();
+        assert!(e.contains("overlay-agent run --config"), "{e}");
+    }
+}

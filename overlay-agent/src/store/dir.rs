@@ -1,0 +1,191 @@
+//! The embedded `dir` backend: one JSON file per node in a directory shared by all
+//! agents on a machine (the lab, CI). Writers replace their file atomically
+//! (write a temporary file, then rename), so readers never see half a record.
+//! Readers poll the directory: simple, works across namespaces and needs no daemon.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::{Snapshot, Store, StoreError};
+use crate::model::NodeRecord;
+
+/// How often peers' files are re-read. Convergence is bounded by this plus the
+/// agent's reconcile time, well under the 2 s the overlay promises.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+pub struct DirStore {
+    nodes_dir: PathBuf,
+    rx: watch::Receiver<Snapshot>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl DirStore {
+    /// Opens (creating if needed) the store at `path` and starts watching it.
+    /// Must be called within a tokio runtime.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let nodes_dir = path.join("nodes");
+        tokio::fs::create_dir_all(&nodes_dir).await.map_err(io_err(&nodes_dir))?;
+        let first = read_all(&nodes_dir).await?;
+        let (tx, rx) = watch::channel(Arc::new(first));
+        let dir = nodes_dir.clone();
+        let poller = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(POLL_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                match read_all(&dir).await {
+                    Ok(snap) => {
+                        tx.send_if_modified(|cur| {
+                            if **cur == snap {
+                                false
+                            } else {
+                                *cur = Arc::new(snap);
+                                true
+                            }
+                        });
+                    }
+                    Err(e) => warn!(error = %e, "cannot read the store; keeping the last snapshot"),
+                }
+                if tx.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { nodes_dir, rx, poller })
+    }
+
+    fn record_path(&self, node: &str) -> PathBuf {
+        self.nodes_dir.join(format!("{node}.json"))
+    }
+}
+
+impl Drop for DirStore {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+async fn read_all(dir: &Path) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
+    let mut out = BTreeMap::new();
+    let mut entries = tokio::fs::read_dir(dir).await.map_err(io_err(dir))?;
+    while let Some(entry) = entries.next_entry().await.map_err(io_err(dir))? {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue; // temporary files and strangers
+        }
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            // Withdrawn between listing and reading.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        match serde_json::from_slice::<NodeRecord>(&bytes) {
+            Ok(rec) => {
+                out.insert(rec.node.clone(), rec);
+            }
+            Err(e) => debug!(path = %path.display(), error = %e, "skipping unreadable node record"),
+        }
+    }
+    Ok(out)
+}
+
+impl Store for DirStore {
+    fn describe(&self) -> String {
+        format!("dir {}", self.nodes_dir.parent().unwrap_or(&self.nodes_dir).display())
+    }
+
+    async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Encode {
+            node: record.node.clone(),
+            source,
+        })?;
+        let path = self.record_path(&record.node);
+        let tmp = self.nodes_dir.join(format!(".{}.json.tmp", record.node));
+        tokio::fs::write(&tmp, bytes).await.map_err(io_err(&tmp))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path))?;
+        Ok(())
+    }
+
+    async fn withdraw(&self, node: &str) -> Result<(), StoreError> {
+        let path = self.record_path(node);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+
+    fn watch(&self) -> watch::Receiver<Snapshot> {
+        self.rx.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{mac::MacAddr, model::EndpointRecord};
+
+    fn record(node: &str, ip: [u8; 4]) -> NodeRecord {
+        NodeRecord {
+            node: node.into(),
+            vtep: [198, 51, 100, 1].into(),
+            endpoints: vec![EndpointRecord {
+                network: "blue".into(),
+                vni: 42,
+                ip: ip.into(),
+                mac: MacAddr::from_ipv4(ip.into()),
+                udp_port: 4789,
+            }],
+        }
+    }
+
+    async fn wait_for(rx: &mut watch::Receiver<Snapshot>, pred: impl Fn(&Snapshot) -> bool) {
+        tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                if pred(&rx.borrow_and_update()) {
+                    return;
+                }
+                rx.changed().await.expect("store dropped");
+            }
+        })
+        .await
+        .expect("store did not converge within 3 s");
+    }
+
+    #[tokio::test]
+    async fn two_stores_see_each_other_and_withdrawals() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirStore::open(dir.path()).await.unwrap();
+        a.publish(&record("a", [10, 0, 10, 1])).await.unwrap();
+        // A late opener learns what is already there.
+        let b = DirStore::open(dir.path()).await.unwrap();
+        assert_eq!(b.watch().borrow()["a"], record("a", [10, 0, 10, 1]));
+        b.publish(&record("b", [10, 0, 10, 2])).await.unwrap();
+        let mut rx = a.watch();
+        wait_for(&mut rx, |s| s.contains_key("b")).await;
+        // Replacing a record is atomic and visible.
+        b.publish(&record("b", [10, 0, 10, 3])).await.unwrap();
+        wait_for(&mut rx, |s| s.get("b").is_some_and(|r| r.endpoints[0].ip == std::net::Ipv4Addr::new(10, 0, 10, 3))).await;
+        b.withdraw("b").await.unwrap();
+        b.withdraw("b").await.unwrap(); // idempotent
+        wait_for(&mut rx, |s| !s.contains_key("b")).await;
+        assert!(std::fs::read_dir(dir.path().join("nodes")).unwrap().all(|e| {
+            !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")
+        }));
+    }
+}

@@ -1,0 +1,45 @@
+//! The control plane: where nodes publish their endpoints and learn everyone else's.
+//!
+//! A [`Store`] holds one [`NodeRecord`] per node. Each agent publishes its own record
+//! (atomically replacing the previous one) and watches the full set; the agent
+//! reconciles its datapath with every new snapshot, so a late starter learns
+//! everything already there and removals propagate like additions.
+
+pub mod dir;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::sync::watch;
+
+use crate::model::NodeRecord;
+
+/// All nodes' records, by node name.
+pub type Snapshot = Arc<BTreeMap<String, NodeRecord>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store directory {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode the record of node {node}: {source}")]
+    Encode {
+        node: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[expect(async_fn_in_trait, reason = "used with static dispatch on the agent's own runtime")]
+pub trait Store {
+    /// Human-readable description for `status` (backend and location).
+    fn describe(&self) -> String;
+    /// Publish (create or replace) this node's record.
+    async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError>;
+    /// Remove a node's record; absent is fine.
+    async fn withdraw(&self, node: &str) -> Result<(), StoreError>;
+    /// The latest snapshot of all records, updated as they change.
+    fn watch(&self) -> watch::Receiver<Snapshot>;
+}
