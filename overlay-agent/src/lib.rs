@@ -1,4 +1,14 @@
 //! The overlay agent: loads the eBPF datapath, plugs containers in, follows the
 //! control plane. The `overlay-agent` binary is a thin CLI over this library.
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod mac;
+pub mod model;
 pub mod netlink;
+pub mod paths;
+pub mod plumb;
+pub mod store;

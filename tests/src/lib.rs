@@ -1,0 +1,30 @@
+//! The end-to-end test harness: hosts and routers are network namespaces
+//! ([`ns::NetNs`]) wired with veths and bridges ([`topo`]), traffic is made and
+//! watched in pure Rust ([`traffic`], [`packet`]), and real agents run inside
+//! the namespaces ([`agent`]).
+//!
+//! Everything lives in namespaces the harness creates (named `ovt<pid>x<n>-*`)
+//! and is deleted when their guards drop, also on failure; nothing touches the
+//! machine's own interfaces, routes or sysctls. Underlays use 198.51.100.0/24
+//! and 203.0.113.0/24 (documentation ranges). The tests need root; see
+//! [`require_root`].
+
+pub mod agent;
+pub mod ns;
+pub mod packet;
+pub mod topo;
+pub mod traffic;
+
+pub use agent::{AgentProcess, CliOutput, agent_binary, run_cli};
+pub use ns::NetNs;
+pub use topo::{Host, Underlay, UnderlayBuilder};
+pub use traffic::{Capture, Direction, Frame, PingResult, TransferResult, ping, tcp_transfer};
+
+/// Fails the test (never skips it: a skipped check must not look like a pass) when not
+/// running as root. `cargo xtask test` runs the suite as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, raw sockets, BPF): run it through `cargo xtask test` as root"
+    );
+}

@@ -1,1 +1,53 @@
-fn main() {}
+//! `cargo xtask`: from a bare clone to a working build and test run, as root on Debian 12.
+//! Every subcommand installs what it needs first (`setup`), and says so when nothing is missing.
+mod build;
+mod exec;
+mod run;
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and run the overlay (as root, Debian 12)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what is missing: apt packages, bpf-linker, the bpffs mount; check Debian's rustc.
+    Setup,
+    /// Setup, then build the workspace (the eBPF object through the agent's build.rs).
+    Build(build::Args),
+    /// Setup, build, then the unit tests and the integration suite.
+    Test(test::Args),
+    /// Setup, build, then run the lab (target/debug/overlay-lab).
+    Run(run::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // SAFETY: no threads have been started yet.
+    let result = unsafe { workspace::put_cargo_bin_on_path() }.and_then(|()| match &cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build(args) => build::execute(args),
+        Cmd::Test(args) => test::execute(args),
+        Cmd::Run(args) => run::execute(args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,535 @@
-//! rtnetlink operations (links, addresses, routes) and network-namespace helpers.
+//! rtnetlink operations (links, addresses, routes, neighbours) and
+//! network-namespace helpers ([`netns`]).
+//!
+//! A [`Netlink`] talks to the network namespace of the thread that opened it:
+//! to work inside another namespace, open it from a thread that entered that
+//! namespace, e.g. inside [`netns::block_on_in_netns`].
+
+pub mod netns;
+
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        AddressFamily,
+        address::{AddressAttribute, AddressMessage},
+        link::{self, LinkAttribute, LinkFlags, LinkMessage},
+        route::RouteScope,
+    },
+};
+use tracing::debug;
+
+pub use netns::NetnsError;
+
+/// Longest interface name the kernel accepts (`IFNAMSIZ - 1`).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+/// Errors of the netlink operations.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink route socket")]
+    Connect {
+        #[source]
+        source: io::Error,
+    },
+    /// A link of that name already exists (EEXIST on creation).
+    #[error("link {name} already exists")]
+    Exists { name: String },
+    /// The name is empty, longer than [`MAX_IFNAME_LEN`] or contains `/`,
+    /// whitespace or NUL.
+    #[error("invalid interface name {name:?}")]
+    InvalidName { name: String },
+    #[error("invalid IPv4 prefix length {prefix_len}")]
+    InvalidPrefixLen { prefix_len: u8 },
+    /// A route needs a gateway, an output interface or both.
+    #[error("route to {dst}/{prefix_len} has neither a gateway nor an output interface")]
+    RouteWithoutNextHop { dst: Ipv4Addr, prefix_len: u8 },
+    #[error("opening network namespace {path}")]
+    OpenNetns {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel (or rtnetlink) refused a request; `op` says which and
+    /// `target` what it was about. (Boxed: an rtnetlink error can hold a whole
+    /// netlink message, which would make every `Result` here large.)
+    #[error("netlink {op} {target}")]
+    Request {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if this is a refused request.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Request { source, .. } => errno_of(source),
+            _ => None,
+        }
+    }
+}
+
+/// The positive errno of a kernel NACK.
+fn errno_of(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.code.map(|code| code.get().abs()),
+        _ => None,
+    }
+}
+
+fn request_error(
+    op: &'static str,
+    target: impl ToString,
+) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    move |source| NetlinkError::Request {
+        op,
+        target: target.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
+    if name.is_empty()
+        || name.len() > MAX_IFNAME_LEN
+        || name.contains(|c: char| c == '/' || c == '\0' || c.is_whitespace())
+    {
+        return Err(NetlinkError::InvalidName {
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn validate_prefix_len(prefix_len: u8) -> Result<(), NetlinkError> {
+    if prefix_len > 32 {
+        return Err(NetlinkError::InvalidPrefixLen { prefix_len });
+    }
+    Ok(())
+}
+
+/// What the agent and the tests need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// The hardware address, when it is an Ethernet one.
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Index of the bridge (or other controller) it is a port of.
+    pub master: Option<u32>,
+    /// `IFLA_INFO_KIND`: "veth", "bridge", "vxlan"...; `None` for e.g. `lo`.
+    pub kind: Option<String>,
+}
+
+impl LinkInfo {
+    fn from_message(message: &LinkMessage) -> Self {
+        let mut info = LinkInfo {
+            index: message.header.index,
+            name: String::new(),
+            mtu: 0,
+            mac: None,
+            up: message.header.flags.contains(LinkFlags::Up),
+            master: None,
+            kind: None,
+        };
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => info.name.clone_from(name),
+                LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+                LinkAttribute::Address(address) => {
+                    info.mac = <[u8; 6]>::try_from(address.as_slice()).ok()
+                }
+                LinkAttribute::Controller(index) if *index != 0 => info.master = Some(*index),
+                LinkAttribute::LinkInfo(infos) => {
+                    for item in infos {
+                        if let link::LinkInfo::Kind(kind) = item {
+                            info.kind = Some(kind.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// Changes to one link for [`Netlink::set_link`]; `None` leaves a property
+/// as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkChange {
+    pub name: Option<String>,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: Option<bool>,
+    /// `Some(bridge index)` to enslave, `Some(0)` to detach (`nomaster`).
+    pub master: Option<u32>,
+}
+
+/// An rtnetlink connection bound to the network namespace of the thread that
+/// opened it (the socket is created there; later `setns` calls by any thread
+/// do not move it).
+#[derive(Debug, Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection in the calling thread's network namespace. Its
+    /// connection task is `tokio::spawn`ed on the current runtime, so this
+    /// must be called inside one, and the `Netlink` works as long as that
+    /// runtime runs.
+    pub async fn open() -> Result<Netlink, NetlinkError> {
+        let (connection, handle, _messages) =
+            rtnetlink::new_connection().map_err(|source| NetlinkError::Connect { source })?;
+        tokio::spawn(connection);
+        Ok(Netlink { handle })
+    }
+
+    /// The underlying rtnetlink handle, for requests this type does not wrap.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    async fn get_one(
+        &self,
+        request: rtnetlink::LinkGetRequest,
+        target: String,
+    ) -> Result<Option<LinkInfo>, NetlinkError> {
+        match request.execute().try_next().await {
+            Ok(Some(message)) => Ok(Some(LinkInfo::from_message(&message))),
+            Ok(None) => Ok(None),
+            Err(source) if errno_of(&source) == Some(libc::ENODEV) => Ok(None),
+            Err(source) => Err(NetlinkError::Request {
+                op: "get link",
+                target,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// The link called `name`, or `None` if there is none (a name the kernel
+    /// could not hold is `None` too).
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        if validate_ifname(name).is_err() {
+            return Ok(None);
+        }
+        self.get_one(self.handle.link().get().match_name(name), name.to_owned())
+            .await
+    }
+
+    /// The link with ifindex `index`, or `None` if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+        self.get_one(
+            self.handle.link().get().match_index(index),
+            format!("#{index}"),
+        )
+        .await
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        self.handle
+            .link()
+            .get()
+            .execute()
+            .map_ok(|message| LinkInfo::from_message(&message))
+            .try_collect()
+            .await
+            .map_err(request_error("dump links", "all"))
+    }
+
+    async fn add_link(
+        &self,
+        name: &str,
+        message: LinkMessage,
+        op: &'static str,
+    ) -> Result<(), NetlinkError> {
+        match self.handle.link().add(message).execute().await {
+            Ok(()) => {
+                debug!(name, op, "created link");
+                Ok(())
+            }
+            Err(source) if errno_of(&source) == Some(libc::EEXIST) => Err(NetlinkError::Exists {
+                name: name.to_owned(),
+            }),
+            Err(source) => Err(NetlinkError::Request {
+                op,
+                target: name.to_owned(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Creates a veth pair `name` <-> `peer_name`, both down, in this
+    /// namespace. [`NetlinkError::Exists`] if either name is taken.
+    pub async fn create_veth(&self, name: &str, peer_name: &str) -> Result<(), NetlinkError> {
+        validate_ifname(name)?;
+        validate_ifname(peer_name)?;
+        self.add_link(name, LinkVeth::new(name, peer_name).build(), "create veth")
+            .await
+    }
+
+    /// Creates a bridge `name`, down. [`NetlinkError::Exists`] if the name
+    /// is taken.
+    pub async fn create_bridge(&self, name: &str) -> Result<(), NetlinkError> {
+        validate_ifname(name)?;
+        let message = LinkMessageBuilder::<LinkBridge>::new(name).build();
+        self.add_link(name, message, "create bridge").await
+    }
+
+    /// Deletes link `index` (for a veth, both ends). Idempotent: Ok if no
+    /// such link exists.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => {
+                debug!(index, "deleted link");
+                Ok(())
+            }
+            Err(source) if errno_of(&source) == Some(libc::ENODEV) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                op: "delete link",
+                target: format!("#{index}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Deletes the link called `name`. Idempotent: Ok if there is none.
+    pub async fn delete_link_by_name(&self, name: &str) -> Result<(), NetlinkError> {
+        match self.link_by_name(name).await? {
+            Some(link) => self.delete_link(link.index).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Moves link `index` into the network namespace whose file is `ns` (see
+    /// [`netns::netns_path`]). It arrives there down, keeping its name unless
+    /// that is taken (then the kernel refuses with EEXIST).
+    pub async fn move_link_to_netns(&self, index: u32, ns: &Path) -> Result<(), NetlinkError> {
+        let file = File::open(ns).map_err(|source| NetlinkError::OpenNetns {
+            path: ns.to_owned(),
+            source,
+        })?;
+        let message = LinkUnspec::new_with_index(index)
+            .setns_by_fd(file.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(request_error(
+                "move link",
+                format!("#{index} to {}", ns.display()),
+            ))?;
+        debug!(index, ns = %ns.display(), "moved link");
+        Ok(())
+    }
+
+    /// Applies `change` to link `index`:
+    /// 1. with a new name: the link is first set down (the kernel renames only
+    ///    down links) and is set up again afterwards if it was up and
+    ///    `change.up` does not say otherwise;
+    /// 2. name, MAC, MTU and master in one request;
+    /// 3. up/down last, so a link comes up with its final settings.
+    pub async fn set_link(&self, index: u32, change: LinkChange) -> Result<(), NetlinkError> {
+        let target = format!("#{index}");
+        let mut up = change.up;
+        if let Some(name) = &change.name {
+            validate_ifname(name)?;
+            let current = self.link_by_index(index).await?;
+            if let Some(current) = current.filter(|link| link.up && link.name != *name) {
+                self.handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).down().build())
+                    .execute()
+                    .await
+                    .map_err(request_error("set link down", &target))?;
+                up = up.or(Some(current.up));
+            }
+        }
+
+        let mut builder = LinkUnspec::new_with_index(index);
+        let mut attributes = false;
+        if let Some(name) = &change.name {
+            builder = builder.name(name.clone());
+            attributes = true;
+        }
+        if let Some(mac) = change.mac {
+            builder = builder.address(mac.to_vec());
+            attributes = true;
+        }
+        if let Some(mtu) = change.mtu {
+            builder = builder.mtu(mtu);
+            attributes = true;
+        }
+        if let Some(master) = change.master {
+            builder = builder.controller(master);
+            attributes = true;
+        }
+        if attributes {
+            self.handle
+                .link()
+                .set(builder.build())
+                .execute()
+                .await
+                .map_err(request_error("set link", &target))?;
+        }
+
+        if let Some(up) = up {
+            let builder = LinkUnspec::new_with_index(index);
+            let builder = if up { builder.up() } else { builder.down() };
+            self.handle
+                .link()
+                .set(builder.build())
+                .execute()
+                .await
+                .map_err(request_error(
+                    if up { "set link up" } else { "set link down" },
+                    &target,
+                ))?;
+        }
+        debug!(index, ?change, "changed link");
+        Ok(())
+    }
+
+    /// Adds `address/prefix_len` to link `index`. Idempotent: Ok if it is
+    /// already there.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(address), prefix_len)
+            .execute()
+            .await
+        {
+            Ok(()) => {
+                debug!(index, %address, prefix_len, "added address");
+                Ok(())
+            }
+            Err(source) if errno_of(&source) == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                op: "add address",
+                target: format!("{address}/{prefix_len} on #{index}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// The IPv4 addresses of link `index`, with their prefix lengths, in the
+    /// kernel's order (primary first).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        let mut request = self.handle.address().get().set_link_index_filter(index);
+        request.message_mut().header.family = AddressFamily::Inet;
+        let messages: Vec<AddressMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error("dump addresses", format!("of #{index}")))?;
+        Ok(messages
+            .iter()
+            .filter(|message| message.header.family == AddressFamily::Inet)
+            .filter_map(|message| {
+                // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+                // peer's on point-to-point links.
+                let mut local = None;
+                let mut address = None;
+                for attribute in &message.attributes {
+                    match attribute {
+                        AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
+                        AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
+                        _ => {}
+                    }
+                }
+                local.or(address).map(|ip| (ip, message.header.prefix_len))
+            })
+            .collect())
+    }
+
+    /// The first (primary) IPv4 address of link `index`.
+    pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>, NetlinkError> {
+        Ok(self.addresses(index).await?.first().map(|(ip, _)| *ip))
+    }
+
+    /// Adds a route to `dst/prefix_len` in the main table, via `gateway`
+    /// and/or out of `oif` (without a gateway it is a link-scope route, like
+    /// `ip route add DST dev IF`). `dst` must have no host bits set.
+    /// Idempotent: Ok if the same route exists.
+    pub async fn add_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv4Addr>,
+        oif: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let mut builder =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix_len);
+        match (gateway, oif) {
+            (None, None) => return Err(NetlinkError::RouteWithoutNextHop { dst, prefix_len }),
+            (Some(gateway), _) => builder = builder.gateway(gateway),
+            (None, Some(_)) => builder = builder.scope(RouteScope::Link),
+        }
+        if let Some(oif) = oif {
+            builder = builder.output_interface(oif);
+        }
+        match self.handle.route().add(builder.build()).execute().await {
+            Ok(()) => {
+                debug!(%dst, prefix_len, ?gateway, ?oif, "added route");
+                Ok(())
+            }
+            Err(source) if errno_of(&source) == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(NetlinkError::Request {
+                op: "add route",
+                target: format!("{dst}/{prefix_len}"),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Adds (or replaces) a permanent ARP entry `address` -> `mac` on link
+    /// `index`, like `ip neigh replace ADDRESS lladdr MAC dev IF nud permanent`.
+    pub async fn add_neighbour(
+        &self,
+        index: u32,
+        address: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(address))
+            .link_layer_address(&mac)
+            .replace()
+            .execute()
+            .await
+            .map_err(request_error(
+                "add neighbour",
+                format!("{address} on #{index}"),
+            ))?;
+        debug!(index, %address, "added neighbour");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
