@@ -117,7 +117,10 @@ pub fn probe(prog: &SchedClassifier, args_map: &mut Array<MapData, ProbeArgs>) -
     let no_reset = adjust_room::DECAP_BASE | adjust_room::NO_CSUM_RESET;
     let r = run(prog, args_map, decap(no_reset, 1), &outer)?;
     let no_csum_reset = r.ret == 0;
-    let csum_level = no_csum_reset && r.csum_ret >= 0;
+    // QUERY returns the level, or -EACCES when the skb is not CHECKSUM_UNNECESSARY,
+    // which a BPF_PROG_TEST_RUN skb never is: both mean the helper works. A kernel
+    // without the helper would not have loaded the probe at all.
+    let csum_level = r.csum_ret >= 0 || r.csum_ret == -i64::from(libc::EACCES);
     let base = run(prog, args_map, decap(adjust_room::DECAP_BASE, 0), &outer)?;
     if base.ret != 0 {
         return Err(ProbeError::Unsupported {

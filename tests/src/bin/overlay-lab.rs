@@ -1,0 +1,130 @@
+//! `cargo xtask run`: the reference lab. Two hosts h1 (198.51.100.1) and h2
+//! (198.51.100.2) on one underlay link, container c1 10.0.10.10 on h1 and c2
+//! 10.0.10.11 on h2 in network `blue` (VNI 42, UDP 4789), one agent per host. Shows c1
+//! pinging c2, each host's `map dump` and `status`, then removes everything.
+//! `--keep` leaves the lab up until Ctrl-C (or SIGTERM) and prints how to explore it.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use integration_tests::{
+    agent::run_cli,
+    lab::{BLUE, Lab},
+    topo::Underlay,
+};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn say(msg: &str) {
+    println!("\n\x1b[1m==> {msg}\x1b[0m");
+}
+
+fn show(title: &str, out: &integration_tests::CliOutput) {
+    say(title);
+    print!("{}", out.stdout);
+    if !out.stderr.trim().is_empty() {
+        eprint!("{}", out.stderr);
+    }
+}
+
+fn main() -> ExitCode {
+    let keep = std::env::args().skip(1).any(|a| a == "--keep");
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("usage: overlay-lab [--keep]\n  --keep  leave the lab up until Ctrl-C and print commands to explore it");
+        return ExitCode::SUCCESS;
+    }
+    // Ctrl-C or SIGTERM: finish the current step, then tear everything down (the Lab's
+    // guards do it on drop). Handlers are reset to default in the children at exec.
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        if let Err(e) = unsafe { sigaction(sig, &action) } {
+            eprintln!("error: installing a {sig} handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(keep) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn interrupted() -> Result<(), String> {
+    if STOP.load(Ordering::SeqCst) { Err("interrupted; lab removed".into()) } else { Ok(()) }
+}
+
+fn run(keep: bool) -> Result<(), String> {
+    say("building the underlay: h1 198.51.100.1/24 <-> h2 198.51.100.2/24 (network namespaces)");
+    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+    for (i, node) in lab.nodes.iter().enumerate() {
+        println!("  {} = netns {}, config {}", node.name, lab.host(i).ns.name(), node.config.display());
+    }
+    interrupted()?;
+    say("starting one overlay-agent per host");
+    lab.start_all();
+    interrupted()?;
+    let (c1_ip, c2_ip) = (Ipv4Addr::new(10, 0, 10, 10), Ipv4Addr::new(10, 0, 10, 11));
+    say("plugging c1 (10.0.10.10) into h1 and c2 (10.0.10.11) into h2 with `overlay-agent endpoint add`");
+    lab.add_container(0, "c1", BLUE, c1_ip);
+    lab.add_container(1, "c2", BLUE, c2_ip);
+    for c in &lab.containers {
+        println!(
+            "  overlay-agent --config {} endpoint add --network blue --netns {} --ip {}",
+            lab.nodes[c.host].config.display(),
+            c.ns.name(),
+            c.ip
+        );
+    }
+    // Each host learns the other's container through the store within a poll interval.
+    lab.wait_converged(Duration::from_secs(5));
+    interrupted()?;
+
+    let ping = run_cli(Some(&lab.container("c1").ns), Path::new("ping"), ["-c", "3", "-i", "0.2", "-W", "2", &c2_ip.to_string()]);
+    show("c1 pings c2 across the overlay (ARP answered in eBPF, VXLAN on the underlay)", &ping);
+    if !ping.success() {
+        return Err(format!("c1 could not ping c2 (ping exited {}); agent logs are in {}", ping.status, lab.dir.display()));
+    }
+    for i in 0..lab.nodes.len() {
+        show(&format!("{}: overlay-agent map dump", lab.nodes[i].name), &lab.cli(i, &["map", "dump"]));
+        show(&format!("{}: overlay-agent status", lab.nodes[i].name), &lab.cli(i, &["status"]));
+    }
+
+    if keep {
+        say("the lab stays up; explore it from another terminal:");
+        let agent = lab.binary.display().to_string();
+        for (i, node) in lab.nodes.iter().enumerate() {
+            println!("  {agent} --config {} map dump        # {} maps", node.config.display(), node.name);
+            println!("  {agent} --config {} endpoint list", node.config.display());
+            println!("  ip netns exec {} ip -d link show ul0", lab.host(i).ns.name());
+        }
+        for c in &lab.containers {
+            println!("  ip netns exec {} ping {}   # from {}", c.ns.name(), if c.name == "c1" { c2_ip } else { c1_ip }, c.name);
+        }
+        println!(
+            "  ip netns exec {} tcpdump -ni ul0 udp port 4789   # VXLAN on the underlay",
+            lab.host(1).ns.name()
+        );
+        println!("  agent logs and configs: {}", lab.dir.display());
+        say(&format!("to tear it down: press Ctrl-C here, or `kill {}`", std::process::id()));
+        while !STOP.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    say("tearing down: agents stop (removing veths and pins), namespaces are deleted");
+    drop(lab);
+    println!("done: nothing left behind");
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! A whole overlay lab: an [`Underlay`], one agent per host (real `overlay-agent`
+//! processes inside the host namespaces), containers (namespaces) plugged in with the
+//! CLI, a shared `dir` store. Used by the integration tests and by `overlay-lab`
+//! (`cargo xtask run`).
+//!
+//! Everything is removed on drop, also when a test fails: agents are stopped with
+//! SIGTERM (then killed), leftover pins under the lab's own bpffs directory are
+//! removed, and the namespaces' guards delete them.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use overlay_agent::{datapath::pinned::MapDump, mac::MacAddr};
+use tracing::warn;
+
+use crate::{
+    NetNs,
+    agent::{AgentProcess, CliOutput, agent_binary, run_cli},
+    topo::{Host, Underlay},
+};
+
+/// A network every agent of the lab serves.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkDef {
+    pub name: &'static str,
+    pub vni: u32,
+    pub subnet: &'static str,
+}
+
+pub const BLUE: NetworkDef = NetworkDef { name: "blue", vni: 42, subnet: "10.0.10.0/24" };
+pub const RED: NetworkDef = NetworkDef { name: "red", vni: 43, subnet: "10.0.20.0/24" };
+
+/// Root of every lab's pins; `cargo xtask test` removes leftovers of crashed runs.
+pub const BPFFS_ROOT_PREFIX: &str = "/sys/fs/bpf/overlay-test-";
+
+/// One host of the lab and its agent.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub config: PathBuf,
+    pub bpffs_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub agent: Option<AgentProcess>,
+}
+
+/// A container: a namespace plugged into one network on one host.
+#[derive(Debug)]
+pub struct Container {
+    pub name: String,
+    pub ns: NetNs,
+    pub host: usize,
+    pub network: NetworkDef,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    // Field order is drop order: agents first (they delete their veths and pins),
+    // then the containers' namespaces, then the underlay.
+    pub nodes: Vec<Node>,
+    pub containers: Vec<Container>,
+    pub underlay: Underlay,
+    pub dir: PathBuf,
+    pub store_dir: PathBuf,
+    pub bpffs_root: PathBuf,
+    pub networks: Vec<NetworkDef>,
+    pub binary: PathBuf,
+    keep_dir: bool,
+}
+
+static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// Writes one agent config per host of `underlay`, serving `networks`.
+    /// Agents are not started: see [`Lab::start_agent`] / [`Lab::start_all`].
+    pub fn new(underlay: Underlay, networks: &[NetworkDef]) -> Lab {
+        let id = format!("{}x{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::Relaxed));
+        let dir = std::env::temp_dir().join(format!("ovt-lab-{id}"));
+        let store_dir = dir.join("store");
+        std::fs::create_dir_all(&store_dir).unwrap_or_else(|e| panic!("creating {}: {e}", store_dir.display()));
+        let bpffs_root = PathBuf::from(format!("{BPFFS_ROOT_PREFIX}{id}"));
+        let mut lab = Lab {
+            nodes: Vec::new(),
+            containers: Vec::new(),
+            underlay,
+            dir,
+            store_dir,
+            bpffs_root,
+            networks: networks.to_vec(),
+            binary: agent_binary(),
+            keep_dir: false,
+        };
+        let names: Vec<String> = lab.hosts().iter().map(|h| short_name(&h.ns)).collect();
+        for name in names {
+            let node = lab.write_config(&name);
+            lab.nodes.push(node);
+        }
+        lab
+    }
+
+    fn write_config(&self, name: &str) -> Node {
+        let node_dir = self.dir.join(name);
+        std::fs::create_dir_all(&node_dir).expect("node dir");
+        let bpffs_dir = self.bpffs_root.join(name);
+        let state_dir = node_dir.join("state");
+        let mut text = format!(
+            "node_name = \"{name}\"\nunderlay_interface = \"{ul}\"\nstate_dir = \"{state}\"\nbpffs_dir = \"{bpf}\"\n\n",
+            ul = crate::topo::UL_IF,
+            state = state_dir.display(),
+            bpf = bpffs_dir.display(),
+        );
+        for n in &self.networks {
+            text += &format!("[[network]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n\n", n.name, n.vni, n.subnet);
+        }
+        text += &format!("[store]\nbackend = \"dir\"\npath = \"{}\"\n", self.store_dir.display());
+        let config = node_dir.join("agent.toml");
+        std::fs::write(&config, text).expect("writing agent config");
+        Node { name: name.into(), config, bpffs_dir, state_dir, agent: None }
+    }
+
+    pub fn hosts(&self) -> Vec<&Host> {
+        self.underlay.hosts()
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        self.hosts()[i]
+    }
+
+    /// Keep the lab's files (configs, logs, store) after drop.
+    pub fn keep_files(&mut self) {
+        self.keep_dir = true;
+    }
+
+    /// Starts host `i`'s agent and waits until it answers `status`.
+    pub fn start_agent(&mut self, i: usize) {
+        let mut agent = AgentProcess::spawn(&self.hosts()[i].ns, &self.binary, &self.nodes[i].config);
+        let (binary, cfg) = (self.binary.clone(), self.nodes[i].config.clone());
+        agent.wait_until("the agent answers `status`", Duration::from_secs(20), || {
+            run_cli(None, &binary, ["--config".as_ref(), cfg.as_os_str(), "status".as_ref()]).success()
+        });
+        self.nodes[i].agent = Some(agent);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.start_agent(i);
+        }
+    }
+
+    /// SIGTERM, wait; returns the exit status.
+    pub fn stop_agent(&mut self, i: usize) -> ExitStatus {
+        let mut agent = self.nodes[i].agent.take().expect("agent not running");
+        agent.stop()
+    }
+
+    /// Runs `overlay-agent --config <host i's config> args...`.
+    pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
+        let mut full = vec!["--config".to_string(), self.nodes[i].config.display().to_string()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        run_cli(Some(&self.hosts()[i].ns), &self.binary, &full)
+    }
+
+    /// Creates a container namespace and plugs it into `network` on host `host` with
+    /// `endpoint add`; returns its index in [`Lab::containers`].
+    pub fn add_container(&mut self, host: usize, name: &str, network: NetworkDef, ip: Ipv4Addr) -> usize {
+        let ns = NetNs::new(name);
+        let out = self.cli(host, &["endpoint", "add", "--network", network.name, "--netns", ns.name(), "--ip", &ip.to_string()]);
+        out.assert_success();
+        self.containers.push(Container {
+            name: name.into(),
+            ns,
+            host,
+            network,
+            ip,
+            mac: MacAddr::from_ipv4(ip),
+        });
+        self.containers.len() - 1
+    }
+
+    pub fn container(&self, name: &str) -> &Container {
+        self.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
+    }
+
+    /// `map dump --json` of host `i`.
+    pub fn dump(&self, i: usize) -> MapDump {
+        let out = self.cli(i, &["map", "dump", "--json"]);
+        out.assert_success();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("parsing map dump: {e}\n{}", out.stdout))
+    }
+
+    /// Polls host `i`'s map dump until `pred` holds; returns how long it took.
+    pub fn wait_for_dump(&self, i: usize, what: &str, timeout: Duration, pred: impl Fn(&MapDump) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            let d = self.dump(i);
+            if pred(&d) {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!("host {}: {what} not reached within {timeout:?}; last dump: {d:#?}", self.nodes[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Lab {
+    /// Waits until every host's FDB holds every container of the networks it serves
+    /// (local or remote), i.e. the store has propagated everything.
+    pub fn wait_converged(&self, timeout: Duration) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].agent.is_none() {
+                continue;
+            }
+            let expected: Vec<(u32, MacAddr)> = self.containers.iter().map(|c| (c.network.vni, c.mac)).collect();
+            self.wait_for_dump(i, "every container in the FDB", timeout, |d| {
+                expected.iter().all(|(vni, mac)| d.fdb.iter().any(|f| f.vni == *vni && f.mac == *mac))
+                    && d.fdb.len() == expected.len()
+            });
+        }
+    }
+}
+
+/// `ovt123x4-h1` → `h1`.
+fn short_name(ns: &NetNs) -> String {
+    ns.name().rsplit('-').next().unwrap_or(ns.name()).to_string()
+}
+
+/// Removes every pin and directory under `root` (a lab's own bpffs directory).
+pub fn remove_bpffs_tree(root: &Path) {
+    if !root.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(root) {
+        warn!(path = %root.display(), error = %e, "removing leftover pins");
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut agent) = node.agent.take() {
+                let status = agent.stop();
+                if !status.success() && !std::thread::panicking() {
+                    warn!(node = %node.name, ?status, log = %agent.log(), "agent exited with an error");
+                }
+            }
+        }
+        remove_bpffs_tree(&self.bpffs_root);
+        if !self.keep_dir
+            && let Err(e) = std::fs::remove_dir_all(&self.dir)
+        {
+            warn!(dir = %self.dir.display(), error = %e, "removing the lab directory");
+        }
+    }
+}
