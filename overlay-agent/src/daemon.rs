@@ -379,6 +379,7 @@ impl<D: Datapath, S: Store> Agent<D, S> {
             prefix_len: net.subnet.prefix_len(),
             mac,
             mtu: net.effective_mtu(self.underlay_mtu),
+            host_mtu: self.underlay_mtu,
         };
         let plugged = plumb::plug(&self.host, &plug).await?;
         let record = EndpointRecord { network: net.name.clone(), vni: net.vni, ip: spec.ip, mac, udp_port: net.udp_port };

@@ -56,7 +56,12 @@ pub struct PlugSpec {
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub mac: MacAddr,
+    /// The container's MTU (underlay − 50).
     pub mtu: u32,
+    /// The host side's MTU: the underlay's. On 5.10/5.11, `bpf_skb_adjust_room` refuses
+    /// to grow a non-GSO packet past the MTU of the device it is on (+14), so a host
+    /// veth at the container's MTU would make every full-size frame fail encapsulation.
+    pub host_mtu: u32,
 }
 
 /// The result: the host-side veth.
@@ -197,7 +202,7 @@ async fn configure(
     })
     .await?;
 
-    host.set_link(host_link.index, LinkChange { mtu: Some(spec.mtu), up: Some(true), ..Default::default() })
+    host.set_link(host_link.index, LinkChange { mtu: Some(spec.host_mtu), up: Some(true), ..Default::default() })
         .await
         .map_err(nl("bringing the host-side veth up"))?;
     debug!(host = host_name, ifindex = host_link.index, netns = %spec.netns, "veth plugged");

@@ -6,6 +6,8 @@
 pub mod ebpf;
 pub mod pinned;
 pub mod probe;
+#[cfg(test)]
+mod prog_tests;
 pub mod tables;
 
 use std::{collections::BTreeMap, net::Ipv4Addr};

@@ -1,0 +1,61 @@
+//! `ovl_from_container`: everything a container sends. ARP is answered, unicast goes to
+//! the container or remote VTEP the FDB names, and nothing else leaves.
+
+use aya_ebpf::programs::TcContext;
+use network_types::eth::{EthHdr, EtherType};
+use overlay_common::{FDB_LOCAL, FDB_REMOTE, FdbKey, Reason};
+
+use crate::{
+    arp, config, encap,
+    parse::{self, is_group_mac, ptr_at},
+    redirect,
+    stats::Outcome,
+};
+
+/// Handles one frame from the container behind the veth this program is attached to.
+///
+/// Returns `Ok(ArpReplied | LocalDelivered | Encapsulated)` once the frame is redirected,
+/// `Ok(PassNotConfigured)` before the agent has configured the datapath, and `Err` with
+/// the drop reason otherwise: no frame from a container reaches the host stack.
+#[inline(always)]
+pub fn try_from_container(ctx: &TcContext) -> Outcome {
+    let Some(config) = config::get() else {
+        return Ok(Reason::PassNotConfigured);
+    };
+    // At TC ingress skb->dev is the device the program is attached to: the host-side veth.
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is copied out at once; the agent replaces entries whole.
+    let endpoint = *unsafe { crate::OVL_ENDPOINTS.get(ifindex) }.ok_or(Reason::UnknownEndpoint)?;
+
+    parse::pull(ctx, EthHdr::LEN).map_err(|_| Reason::StoreFailed)?;
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::Malformed)?;
+    // SAFETY: ptr_at bounds-checked the header; copied before any helper call.
+    let eth = unsafe { *eth };
+    if eth.src_addr != endpoint.mac {
+        return Err(Reason::SourceMacMismatch);
+    }
+    if eth.ether_type == EtherType::Arp as u16 {
+        return arp::reply(ctx, &endpoint, ifindex);
+    }
+    if is_group_mac(&eth.dst_addr) {
+        return Err(Reason::BroadcastUnsupported);
+    }
+
+    // SAFETY: the fields are copied out at once; the agent replaces entries whole.
+    let fdb = *unsafe { crate::OVL_FDB.get(FdbKey::new(endpoint.vni, eth.dst_addr)) }
+        .ok_or(Reason::UnknownDestination)?;
+    match fdb.kind {
+        FDB_LOCAL => {
+            // Same host: straight into the other container, never onto the wire.
+            redirect::into_container(ctx, fdb.ifindex)?;
+            Ok(Reason::LocalDelivered)
+        }
+        FDB_REMOTE => {
+            encap::encapsulate(ctx, config, endpoint.vni, &fdb, &eth)?;
+            redirect::to_underlay(config.underlay_ifindex)?;
+            Ok(Reason::Encapsulated)
+        }
+        _ => Err(Reason::UnknownDestination),
+    }
+}
