@@ -47,7 +47,14 @@ pub fn execute(args: &Args) -> Result<()> {
         .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"));
     let integration = exec::exec(&mut integration);
 
-    let cleanup = remove_leftovers("after the tests");
+    // Anything left now was left by the suite itself: remove it, and fail the run.
+    let cleanup = match remove_leftovers("after the tests") {
+        Ok(0) => Ok(()),
+        Ok(n) => Err(anyhow::anyhow!(
+            "the test suite left {n} namespace(s), pin(s) or agent process(es) behind (removed now)"
+        )),
+        Err(e) => Err(e),
+    };
 
     let stages = [
         ("unit tests", unit),
@@ -70,14 +77,23 @@ pub fn execute(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Deletes what crashed test runs leave behind: `ovt*` network namespaces and
-/// `/sys/fs/bpf/overlay-test*` pins. Touches nothing else.
-fn remove_leftovers(when: &str) -> Result<()> {
+/// Deletes what crashed test runs leave behind: agents started by the tests (their
+/// config lives in an `ovt-lab-*` directory), `ovt*` network namespaces and
+/// `/sys/fs/bpf/overlay-test*` pins. Touches nothing else. Returns how many it found.
+fn remove_leftovers(when: &str) -> Result<usize> {
+    let agents = test_agents();
+    for pid in &agents {
+        eprintln!("xtask: killing leftover test agent pid {pid} ({when})");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid may have exited
+        // since (ESRCH), which is fine.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
     let namespaces = test_namespaces(&exec::stdout(Command::new("ip").args(["netns", "list"]))?);
     let pins = test_pins(Path::new(BPFFS))?;
+    let found = agents.len() + namespaces.len() + pins.len();
     if namespaces.is_empty() && pins.is_empty() {
         eprintln!("xtask: no leftover test namespaces or bpffs pins {when}");
-        return Ok(());
+        return Ok(found);
     }
     let mut errors = Vec::new();
     for name in namespaces {
@@ -101,7 +117,7 @@ fn remove_leftovers(when: &str) -> Result<()> {
         }
     }
     match errors.len() {
-        0 => Ok(()),
+        0 => Ok(found),
         n => bail!(
             "{n} leftover(s) could not be removed: {}",
             errors
@@ -111,6 +127,20 @@ fn remove_leftovers(when: &str) -> Result<()> {
                 .join("; ")
         ),
     }
+}
+
+/// Pids of `overlay-agent` processes whose command line names a test lab's config.
+fn test_agents() -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("overlay-agent") && c.contains("/ovt-lab-")
+            })
+        })
+        .collect()
 }
 
 /// Names of `ovt*` namespaces in `ip netns list` output (`NAME` or `NAME (id: N)` per line).
