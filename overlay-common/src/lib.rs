@@ -22,8 +22,9 @@ pub mod maps {
     pub const CONFIG: &str = "OVL_CONFIG";
     pub const STATS: &str = "OVL_STATS";
     pub const PROBE: &str = "OVL_PROBE";
+    pub const FLOOD: &str = "OVL_FLOOD";
     /// Every map the agent pins, in dump order.
-    pub const ALL: [&str; 6] = [NEIGH, FDB, ENDPOINTS, NETWORKS, CONFIG, STATS];
+    pub const ALL: [&str; 7] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, CONFIG, STATS];
 }
 
 /// Program (function) names in the eBPF object.
@@ -44,6 +45,9 @@ pub mod limits {
     pub const MAX_LOCAL_ENDPOINTS: u32 = 4_096;
     /// Distinct VXLAN UDP ports across all networks of one agent.
     pub const MAX_UDP_PORTS: usize = 8;
+    /// Local endpoints of one network on one host that receive broadcast/multicast
+    /// copies; the agent refuses more endpoints in a network than this.
+    pub const MAX_FLOOD_PORTS: usize = 64;
 }
 
 /// VXLAN wire constants (RFC 7348).
@@ -147,6 +151,27 @@ pub struct NetworkValue {
     pub _pad: [u8; 4],
 }
 
+/// Broadcast/multicast (BUM) replication for one network on this host, keyed by VNI
+/// (`u32` key) in `OVL_FLOOD`. Local copies go to every endpoint's host-side veth
+/// (except the sender's); remote copies are handed to the network's kernel VXLAN
+/// device, whose all-zero-MAC FDB entries replicate them head-end to every remote VTEP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FloodValue {
+    /// The network's kernel VXLAN device; 0 = no remote copies.
+    pub vxlan_ifindex: u32,
+    /// Number of valid entries in `ifindex`.
+    pub n_ports: u32,
+    /// Host-side veths of the network's local endpoints.
+    pub ifindex: [u32; limits::MAX_FLOOD_PORTS],
+}
+
+impl FloodValue {
+    pub const fn empty() -> Self {
+        Self { vxlan_ifindex: 0, n_ports: 0, ifindex: [0; limits::MAX_FLOOD_PORTS] }
+    }
+}
+
 /// Host-wide datapath settings, the single entry (index 0) of the `OVL_CONFIG` array.
 /// `vtep` all zero means "not configured yet": the programs pass everything.
 #[repr(C)]
@@ -240,6 +265,7 @@ mod pod {
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for StatsValue {}
     unsafe impl aya::Pod for ProbeArgs {}
+    unsafe impl aya::Pod for FloodValue {}
 }
 
 #[cfg(test)]
@@ -258,6 +284,7 @@ mod tests {
         assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 8 + 8 + 2 + 2 + 4 + 16 + 4 + 4);
         assert_eq!(size_of::<StatsValue>(), 16);
         assert_eq!(size_of::<ProbeArgs>(), 32);
+        assert_eq!(size_of::<FloodValue>(), 8 + 4 * limits::MAX_FLOOD_PORTS);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum Reason {
     ArpReplied = 3,
     /// VXLAN packet decapsulated and delivered into a local container.
     Decapsulated = 4,
+    /// Broadcast/multicast replicated to the network's other local endpoints and (from
+    /// a container) to every remote VTEP through the network's VXLAN device.
+    Flooded = 5,
 
     // --- handed to the kernel stack unchanged (16..=31)
     /// Not VXLAN for this VTEP (other underlay traffic): none of our business.
@@ -62,7 +65,7 @@ pub enum Reason {
     ArpNotRequest = 36,
     /// ARP request for the sender's own IP (duplicate address detection): not answered.
     ArpOwnAddress = 37,
-    /// Broadcast or multicast frame that is not ARP: no flooding in this datapath yet.
+    /// Broadcast or multicast frame in a network with nowhere to flood it to.
     BroadcastUnsupported = 38,
     /// Unicast to a MAC with no FDB entry in the network.
     UnknownDestination = 39,
@@ -90,11 +93,12 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
         Reason::Decapsulated,
+        Reason::Flooded,
         Reason::PassNotOverlay,
         Reason::PassFragment,
         Reason::PassIpOptions,
@@ -129,6 +133,7 @@ impl Reason {
             2 => Reason::LocalDelivered,
             3 => Reason::ArpReplied,
             4 => Reason::Decapsulated,
+            5 => Reason::Flooded,
             16 => Reason::PassNotOverlay,
             17 => Reason::PassFragment,
             18 => Reason::PassIpOptions,
@@ -158,6 +163,7 @@ impl Reason {
             Reason::LocalDelivered => "local-delivered",
             Reason::ArpReplied => "arp-replied",
             Reason::Decapsulated => "decapsulated",
+            Reason::Flooded => "flooded",
             Reason::PassNotOverlay => "pass-not-overlay",
             Reason::PassFragment => "pass-fragment",
             Reason::PassIpOptions => "pass-ip-options",
