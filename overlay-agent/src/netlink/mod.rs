@@ -531,5 +531,8 @@ impl Netlink {
     }
 }
 
+pub mod vxlan;
+pub use vxlan::{FdbEntry, NeighEntry, VxlanInfo, VxlanSpec};
+
 #[cfg(test)]
 mod tests;
