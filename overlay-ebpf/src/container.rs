@@ -6,7 +6,7 @@ use network_types::eth::{EthHdr, EtherType};
 use overlay_common::{FDB_LOCAL, FDB_REMOTE, FdbKey, Reason};
 
 use crate::{
-    arp, config, encap,
+    arp, config, encap, flood,
     parse::{self, is_group_mac, ptr_at},
     redirect,
     stats::Outcome,
@@ -39,7 +39,11 @@ pub fn try_from_container(ctx: &TcContext) -> Outcome {
         return arp::reply(ctx, &endpoint, ifindex);
     }
     if is_group_mac(&eth.dst_addr) {
-        return Err(Reason::BroadcastUnsupported);
+        // Broadcast/multicast that ARP answering did not consume: the network's other
+        // local endpoints and, through its VXLAN device, every remote VTEP.
+        let targets = flood::targets(endpoint.vni).ok_or(Reason::BroadcastUnsupported)?;
+        flood::flood(ctx, targets, ifindex, true)?;
+        return Ok(Reason::Flooded);
     }
 
     // SAFETY: the fields are copied out at once; the agent replaces entries whole.

@@ -17,6 +17,7 @@ mod config;
 mod container;
 mod decap;
 mod encap;
+mod flood;
 mod parse;
 mod probe;
 mod redirect;
@@ -30,7 +31,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use overlay_common::{
-    DatapathConfig, Direction, EndpointValue, FdbKey, FdbValue, NeighKey, NeighValue, NetworkValue,
+    DatapathConfig, Direction, EndpointValue, FdbKey, FdbValue, FloodValue, NeighKey, NeighValue, NetworkValue,
     ProbeArgs, STATS_ENTRIES, StatsValue, limits, maps, programs,
 };
 
@@ -54,6 +55,10 @@ static OVL_ENDPOINTS: HashMap<u32, EndpointValue> =
 #[map]
 static OVL_NETWORKS: HashMap<u32, NetworkValue> =
     HashMap::with_max_entries(limits::MAX_NETWORKS, 0);
+
+/// Broadcast/multicast replication per network, keyed by VNI (see `flood`).
+#[map]
+static OVL_FLOOD: HashMap<u32, FloodValue> = HashMap::with_max_entries(limits::MAX_NETWORKS, 0);
 
 /// Host-wide settings, index 0 only.
 #[map]
@@ -126,6 +131,7 @@ const fn const_str_eq(a: &str, b: &str) -> bool {
 assert_named! {
     OVL_NEIGH = maps::NEIGH;
     OVL_FDB = maps::FDB;
+    OVL_FLOOD = maps::FLOOD;
     OVL_ENDPOINTS = maps::ENDPOINTS;
     OVL_NETWORKS = maps::NETWORKS;
     OVL_CONFIG = maps::CONFIG;

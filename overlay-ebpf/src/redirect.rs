@@ -56,8 +56,9 @@ pub fn to_underlay(ifindex: u32) -> Result<(), Reason> {
 /// Into the container behind the host-side veth `ifindex` through the veth itself: the
 /// egress of the host side is the container's ingress, and the veth runs
 /// `eth_type_trans` on the way. Used for ARP replies (back to the sender) and for
-/// decapsulated frames whose protocol must be re-derived. (`BPF_F_INGRESS` would hand
-/// the frame to the host instead.)
+/// decapsulated frames whose protocol must be re-derived, and broadcast copies; also
+/// hands frames to a VXLAN device's transmit path. (`BPF_F_INGRESS` would hand the
+/// frame to the host instead.)
 #[inline(always)]
 pub fn through_veth(ifindex: u32) -> Result<(), Reason> {
     // SAFETY: a plain helper call; it only records the target in per-CPU redirect info.

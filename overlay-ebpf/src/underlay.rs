@@ -11,7 +11,7 @@ use network_types::{
 use overlay_common::{DatapathConfig, FDB_LOCAL, FDB_REMOTE, FdbKey, Reason, vxlan};
 
 use crate::{
-    config, decap,
+    config, decap, flood,
     parse::{
         self, INNER_ETH_OFF, IP_FLAG_MF, IPV4_VERSION, OUTER_IP_OFF, OUTER_UDP_END, OUTER_UDP_OFF,
         VXLAN_OFF, VxlanFrame, is_group_mac, ptr_at,
@@ -85,7 +85,15 @@ pub fn try_from_underlay(ctx: &TcContext) -> Outcome {
     // SAFETY: ptr_at bounds-checked the header.
     let (inner_dst, inner_type) = unsafe { ((*inner_eth).dst_addr, (*inner_eth).ether_type) };
     if is_group_mac(&inner_dst) {
-        return Err(Reason::BroadcastUnsupported);
+        // Broadcast from another host: to every local endpoint of this VNI, nowhere else
+        // (in particular never back out: the sender replicated it to every host).
+        let targets = flood::targets(vni).ok_or(Reason::UnknownVni)?;
+        if targets.n_ports == 0 {
+            return Err(Reason::BroadcastUnsupported);
+        }
+        decap::decapsulate(ctx, config)?;
+        flood::flood(ctx, targets, 0, false)?;
+        return Ok(Reason::Flooded);
     }
 
     // SAFETY: the fields are copied out at once; the agent replaces entries whole.

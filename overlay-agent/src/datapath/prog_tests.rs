@@ -3,7 +3,6 @@
 //! with its exact counter. Needs root (CAP_BPF) and the real eBPF object; nothing is
 //! attached anywhere.
 
-use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -11,7 +10,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use overlay_common::{
-    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, NeighKey,
+    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, FloodValue, NeighKey,
     NeighValue, NetworkValue, Reason, StatsValue, adjust_room, maps, programs, stats_index, vxlan,
 };
 
@@ -39,6 +38,7 @@ struct Progs {
     fdb: HashMap<MapData, FdbKey, FdbValue>,
     endpoints: HashMap<MapData, u32, EndpointValue>,
     networks: HashMap<MapData, u32, NetworkValue>,
+    flood: HashMap<MapData, u32, FloodValue>,
     stats: PerCpuArray<MapData, StatsValue>,
 }
 
@@ -62,6 +62,7 @@ impl Progs {
             fdb: take(&mut ebpf, maps::FDB),
             endpoints: take(&mut ebpf, maps::ENDPOINTS),
             networks: take(&mut ebpf, maps::NETWORKS),
+            flood: take(&mut ebpf, maps::FLOOD),
             stats: take(&mut ebpf, maps::STATS),
             ebpf,
         };
@@ -297,7 +298,8 @@ fn underlay_traffic_that_is_not_ours_is_passed_or_dropped_with_a_reason() {
     cases.push((to_remote, TC_ACT_SHOT, Reason::NotLocalDestination));
     let mut bcast = wire.clone();
     bcast[50..56].copy_from_slice(&[0xff; 6]);
-    cases.push((bcast, TC_ACT_SHOT, Reason::BroadcastUnsupported));
+    // No flood list: the network is not served here.
+    cases.push((bcast, TC_ACT_SHOT, Reason::UnknownVni));
     cases.push((wire[..14 + 20 + 8 + 8 + 6].to_vec(), TC_ACT_SHOT, Reason::Malformed));
     let mut arp = vec![0u8; 60];
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
@@ -349,4 +351,49 @@ fn decapsulated_non_ipv4_frames_are_delivered_too() {
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(out, arp, "the inner ARP frame is delivered as sent");
     assert_eq!(p.count(Direction::FromUnderlay, Reason::Decapsulated), 1);
+}
+
+fn flood_list(vxlan_ifindex: u32, ports: &[u32]) -> FloodValue {
+    let mut f = FloodValue::empty();
+    f.vxlan_ifindex = vxlan_ifindex;
+    f.n_ports = ports.len() as u32;
+    f.ifindex[..ports.len()].copy_from_slice(ports);
+    f
+}
+
+#[test]
+fn container_broadcast_is_flooded_within_its_network() {
+    let mut p = Progs::host1();
+    let mut bcast = frame_a_to_b(20);
+    bcast[0..6].copy_from_slice(&[0xff; 6]);
+    // Nothing to flood to: the sender is the only endpoint and there is no VXLAN device.
+    p.flood.insert(VNI, flood_list(0, &[LO]), 0).unwrap();
+    assert_eq!(p.run(programs::FROM_CONTAINER, &bcast).0, TC_ACT_SHOT);
+    assert_eq!(p.count(Direction::FromContainer, Reason::BroadcastUnsupported), 1);
+    // Another local endpoint (an ifindex that does not exist: its copy is lost, the
+    // rest goes on) and the VXLAN device (lo here), which gets the original.
+    p.flood.insert(VNI, flood_list(LO, &[LO, 999_999]), 0).unwrap();
+    let (ret, out) = p.run(programs::FROM_CONTAINER, &bcast);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(out, bcast, "flooded frames are not encapsulated by the program");
+    assert_eq!(p.count(Direction::FromContainer, Reason::Flooded), 1, "counted once, not per copy");
+    assert_eq!(p.total(), 2);
+}
+
+#[test]
+fn underlay_broadcast_is_decapsulated_to_local_endpoints_only() {
+    let mut p = Progs::host1();
+    let (_, unicast_wire) = p.run(programs::FROM_CONTAINER, &frame_a_to_b(64));
+    let mut wire = unicast_wire.clone();
+    wire[50..56].copy_from_slice(&[0xff; 6]);
+    p.configure(VTEP_2);
+    p.flood.insert(VNI, flood_list(99, &[]), 0).unwrap();
+    assert_eq!(p.run(programs::FROM_UNDERLAY, &wire).0, TC_ACT_SHOT, "no local endpoint");
+    assert_eq!(p.count(Direction::FromUnderlay, Reason::BroadcastUnsupported), 1);
+    p.flood.insert(VNI, flood_list(99, &[7]), 0).unwrap();
+    let (ret, out) = p.run(programs::FROM_UNDERLAY, &wire);
+    assert_eq!(ret, TC_ACT_REDIRECT);
+    assert_eq!(out, wire[50..].to_vec(), "decapsulated");
+    assert_eq!(p.count(Direction::FromUnderlay, Reason::Flooded), 1);
+    assert_eq!(p.total(), 3);
 }
