@@ -55,6 +55,38 @@ pub struct RawConfig {
     #[serde(default, rename = "network")]
     pub networks: Vec<RawNetwork>,
     pub store: StoreConfig,
+    #[serde(default)]
+    pub datapath: DatapathConfig,
+}
+
+/// Which datapath forwards the overlay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathMode {
+    /// eBPF when every feature it needs works on this host, else the kernel VXLAN device.
+    #[default]
+    Auto,
+    /// The eBPF datapath; refuse to start if it cannot run.
+    Ebpf,
+    /// The kernel's bridge + VXLAN device (the classic recipe, built over netlink).
+    Kernel,
+}
+
+impl std::fmt::Display for DatapathMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DatapathMode::Auto => "auto",
+            DatapathMode::Ebpf => "ebpf",
+            DatapathMode::Kernel => "kernel",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatapathConfig {
+    #[serde(default)]
+    pub mode: DatapathMode,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -87,6 +119,7 @@ pub struct Config {
     pub bpffs_dir: PathBuf,
     pub networks: Vec<Network>,
     pub store: StoreConfig,
+    pub datapath: DatapathConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -262,6 +295,7 @@ impl RawConfig {
             bpffs_dir,
             networks,
             store: self.store,
+            datapath: self.datapath,
         })
     }
 }
@@ -292,6 +326,10 @@ path = "/tmp/store"
         assert_eq!(c.networks[0].udp_port, 4789);
         assert_eq!(c.networks[0].effective_mtu(1500), 1450);
         assert_eq!(c.vtep_ip, None);
+        assert_eq!(c.datapath.mode, DatapathMode::Auto);
+        let k = Config::parse(&format!("{GOOD}\n[datapath]\nmode = \"kernel\"\n")).unwrap();
+        assert_eq!(k.datapath.mode, DatapathMode::Kernel);
+        assert!(err_of(&format!("{GOOD}\n[datapath]\nmode = \"xdp\"\n")).contains("unknown variant `xdp`"));
     }
 
     fn err_of(text: &str) -> String {

@@ -23,16 +23,19 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{
-        EndpointInfo, EndpointSpec, NetworkInfo, PeerInfo, Request, Response, StatusInfo,
+        EndpointInfo, EndpointKind, EndpointSpec, NetworkInfo, PeerInfo, RemoteSpec, Request,
+        Response, StatusInfo,
         server::{self, Call, ServerError},
     },
-    config::Config,
+    config::{Config, DatapathMode},
     datapath::{
-        Datapath, DatapathError, Forwarding, LocalEndpoint, RemoteEndpoint,
-        ebpf::{EbpfDatapath, EbpfError, EbpfSettings},
+        AnyDatapath, Datapath, DatapathError, Forwarding, LocalEndpoint, RemoteEndpoint,
+        devices::NetSpec,
+        ebpf::{self, EbpfDatapath, EbpfError, EbpfSettings},
+        kernel::KernelDatapath,
     },
     mac::MacAddr,
-    model::{EndpointRecord, NodeRecord},
+    model::{EndpointRecord, NodeRecord, StaticEndpoint, static_key},
     netlink::{Netlink, NetlinkError},
     plumb::{self, PlugSpec, PlumbError},
     store::{Snapshot, Store, StoreError, dir::DirStore},
@@ -60,7 +63,7 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Server(#[from] ServerError),
-    #[error("starting the eBPF datapath: {0}")]
+    #[error("datapath.mode=ebpf, but the eBPF datapath cannot run here: {0} (use datapath.mode=auto or kernel)")]
     Ebpf(#[from] EbpfError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
@@ -90,6 +93,12 @@ pub enum RequestError {
     BadMac { mac: MacAddr },
     #[error("no endpoint {ip} in network {network} on this node")]
     NoSuchEndpoint { ip: Ipv4Addr, network: String },
+    #[error("no static endpoint {ip} in network {network} (see `overlay-agent endpoint list`)")]
+    NoSuchStatic { ip: Ipv4Addr, network: String },
+    #[error("VTEP {vtep} is not a unicast address other than this host's ({own})")]
+    BadVtep { vtep: Ipv4Addr, own: Ipv4Addr },
+    #[error("network {network} already has {max} endpoints on this host, the most broadcast replication supports")]
+    TooManyEndpoints { network: String, max: usize },
     #[error(transparent)]
     Plumb(#[from] PlumbError),
     #[error(transparent)]
@@ -154,11 +163,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         if mtu < 576 {
             return Err(DaemonError::MtuTooSmall { network: n.name.clone(), mtu });
         }
-        networks.push((n.vni, n.udp_port, mtu));
+        networks.push(NetSpec { vni: n.vni, udp_port: n.udp_port, mtu });
     }
 
     // Nothing has changed on the host up to here. From now on, undo on failure.
     let listener = server::bind(&config.socket_path()).await?;
+    if let Err(e) = plumb::remove_orphans(&host).await {
+        warn!(error = %e, "removing veths left by a previous agent run");
+    }
     let socket = config.socket_path();
     let store = match &config.store {
         crate::config::StoreConfig::Dir { path } => DirStore::open(path).await,
@@ -170,7 +182,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             return Err(e.into());
         }
     };
-    if store.watch().borrow().contains_key(&config.node_name) {
+    if store.watch().borrow().nodes.contains_key(&config.node_name) {
         warn!(
             node = %config.node_name,
             "the store already holds a record for this node (a crashed agent, or another host with the same node_name); replacing it"
@@ -183,11 +195,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         networks,
         bpffs_dir: config.bpffs_dir.clone(),
     };
-    let datapath = match EbpfDatapath::start(&settings) {
+    let datapath = match select_datapath(config.datapath.mode, &settings, &host, underlay.index).await {
         Ok(d) => d,
         Err(e) => {
             remove_socket(&socket);
-            return Err(e.into());
+            return Err(e);
         }
     };
 
@@ -242,6 +254,43 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     teardown
 }
 
+/// Starts the datapath `mode` asks for. `auto` tries eBPF and falls back to the kernel
+/// datapath, saying exactly why; a forced `ebpf` that cannot run is an error.
+async fn select_datapath(
+    mode: DatapathMode,
+    s: &EbpfSettings,
+    host: &Netlink,
+    underlay_index: u32,
+) -> Result<AnyDatapath, DaemonError> {
+    let kernel = |reason: String| KernelDatapath::start(host.clone(), s.vtep, underlay_index, &s.networks, reason);
+    match mode {
+        DatapathMode::Ebpf => Ok(AnyDatapath::Ebpf(EbpfDatapath::start(s, host.clone()).await?)),
+        DatapathMode::Kernel => {
+            clean_ebpf_residue(s);
+            Ok(AnyDatapath::Kernel(kernel("datapath.mode=kernel".into()).await?))
+        }
+        DatapathMode::Auto => match EbpfDatapath::start(s, host.clone()).await {
+            Ok(d) => Ok(AnyDatapath::Ebpf(d)),
+            Err(e) => {
+                let reason = format!("auto: {e}");
+                warn!("{e}; using kernel VXLAN fallback (datapath.mode=kernel to silence)");
+                Ok(AnyDatapath::Kernel(kernel(reason).await?))
+            }
+        },
+    }
+}
+
+/// Kernel mode after an eBPF run that did not clean up (a crash): its pins, and on
+/// kernels without tcx its netlink filter on the underlay, outlive it.
+fn clean_ebpf_residue(s: &EbpfSettings) {
+    match ebpf::remove_node_pins(&s.bpffs_dir) {
+        Ok(0) => {}
+        Ok(n) => warn!(pins = n, "removed pinned maps left by an eBPF-mode agent"),
+        Err(e) => warn!(error = %e, "removing pinned maps left by an eBPF-mode agent"),
+    }
+    ebpf::detach_stale_underlay_filter(&s.underlay_ifname);
+}
+
 fn remove_socket(path: &PathBuf) {
     if let Err(e) = std::fs::remove_file(path)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -281,7 +330,23 @@ impl<D: Datapath, S: Store> Agent<D, S> {
                 },
             );
         }
-        for (node, rec) in self.snapshot.iter() {
+        for st in self.snapshot.statics.values() {
+            if self.config.network_by_vni(st.vni).is_none() {
+                continue;
+            }
+            fwd.remote.insert(
+                (st.vni, st.mac),
+                RemoteEndpoint {
+                    vni: st.vni,
+                    ip: st.ip,
+                    mac: st.mac,
+                    vtep: st.vtep,
+                    udp_port: st.udp_port,
+                    node: "static".into(),
+                },
+            );
+        }
+        for (node, rec) in self.snapshot.nodes.iter() {
             if *node == self.config.node_name {
                 continue;
             }
@@ -322,6 +387,14 @@ impl<D: Datapath, S: Store> Agent<D, S> {
                 Err(e) => Response::Error { message: e.to_string() },
             },
             Request::EndpointList => Response::Endpoints { endpoints: self.list() },
+            Request::RemoteAdd(spec) => match self.add_static(spec).await {
+                Ok(info) => Response::Endpoint(info),
+                Err(e) => Response::Error { message: e.to_string() },
+            },
+            Request::RemoteDel { network, ip } => match self.del_static(&network, ip).await {
+                Ok(info) => Response::Deleted(info),
+                Err(e) => Response::Error { message: e.to_string() },
+            },
             Request::Status => Response::Status(self.status()),
         };
         // The client may have gone away; nothing to do about it.
@@ -334,41 +407,55 @@ impl<D: Datapath, S: Store> Agent<D, S> {
         let local = self.local.values().map(|l| (me.as_str(), &l.record));
         let remote = self
             .snapshot
+            .nodes
             .iter()
             .filter(|(n, _)| *n != me)
-            .flat_map(|(n, r)| r.endpoints.iter().map(move |e| (n.as_str(), e)));
+            .flat_map(|(n, r)| r.endpoints.iter().map(move |e| (n.as_str(), e.vni, e.ip, e.mac)));
+        let statics = self.snapshot.statics.values().map(|s| ("static", s.vni, s.ip, s.mac));
         local
+            .map(|(n, e)| (n, e.vni, e.ip, e.mac))
             .chain(remote)
-            .filter(|(_, e)| e.vni == vni)
-            .find(|(_, e)| e.ip == ip || e.mac == mac)
-            .map(|(node, e)| (e.ip == ip, node.to_string()))
+            .chain(statics)
+            .filter(|(_, v, _, _)| *v == vni)
+            .find(|(_, _, i, m)| *i == ip || *m == mac)
+            .map(|(node, _, i, _)| (i == ip, node.to_string()))
     }
 
-    async fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<EndpointInfo, RequestError> {
+    /// The checks every new endpoint (local or static) must pass, before anything changes.
+    fn check_new(&self, network: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<crate::config::Network, RequestError> {
         let net = self
             .config
-            .network(&spec.network)
+            .network(network)
             .ok_or_else(|| RequestError::UnknownNetwork {
-                name: spec.network.clone(),
+                name: network.to_string(),
                 known: self.config.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
             })?
             .clone();
-        if !net.subnet.contains(&spec.ip) {
-            return Err(RequestError::OutsideSubnet { ip: spec.ip, network: net.name, subnet: net.subnet });
+        if !net.subnet.contains(&ip) {
+            return Err(RequestError::OutsideSubnet { ip, network: net.name, subnet: net.subnet });
         }
-        if spec.ip == net.subnet.network() || spec.ip == net.subnet.broadcast() {
-            return Err(RequestError::ReservedAddress { ip: spec.ip, subnet: net.subnet });
+        if ip == net.subnet.network() || ip == net.subnet.broadcast() {
+            return Err(RequestError::ReservedAddress { ip, subnet: net.subnet });
         }
-        let mac = spec.mac.unwrap_or_else(|| MacAddr::from_ipv4(spec.ip));
         if mac.is_multicast() || mac.is_zero() {
             return Err(RequestError::BadMac { mac });
         }
-        if let Some((same_ip, node)) = self.find_conflict(net.vni, spec.ip, mac) {
+        if let Some((same_ip, node)) = self.find_conflict(net.vni, ip, mac) {
             return Err(if same_ip {
-                RequestError::DuplicateIp { ip: spec.ip, network: net.name, node }
+                RequestError::DuplicateIp { ip, network: net.name, node }
             } else {
                 RequestError::DuplicateMac { mac, network: net.name, node }
             });
+        }
+        Ok(net)
+    }
+
+    async fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<EndpointInfo, RequestError> {
+        let mac = spec.mac.unwrap_or_else(|| MacAddr::from_ipv4(spec.ip));
+        let net = self.check_new(&spec.network, spec.ip, mac)?;
+        let max = overlay_common::limits::MAX_FLOOD_PORTS;
+        if self.local.values().filter(|l| l.record.vni == net.vni).count() >= max {
+            return Err(RequestError::TooManyEndpoints { network: net.name, max });
         }
         let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
         let plug = PlugSpec {
@@ -395,8 +482,15 @@ impl<D: Datapath, S: Store> Agent<D, S> {
             },
         );
         // Maps first (the program must find the endpoint's identity), then the program.
+        let ep = LocalEndpoint {
+            vni: net.vni,
+            ip: spec.ip,
+            mac,
+            ifindex: plugged.host_ifindex,
+            ifname: plugged.host_ifname.clone(),
+        };
         let applied = match self.reconcile().await {
-            Ok(()) => self.datapath.attach_endpoint(plugged.host_ifindex, &plugged.host_ifname).await,
+            Ok(()) => self.datapath.attach_endpoint(&ep).await,
             Err(e) => Err(e),
         };
         if let Err(e) = applied {
@@ -444,6 +538,45 @@ impl<D: Datapath, S: Store> Agent<D, S> {
         Ok(info)
     }
 
+    async fn add_static(&mut self, spec: RemoteSpec) -> Result<EndpointInfo, RequestError> {
+        let net = self.check_new(&spec.network, spec.ip, spec.mac)?;
+        let v = spec.vtep;
+        if v == self.vtep || v.is_unspecified() || v.is_multicast() || v.is_broadcast() || v.is_loopback() {
+            return Err(RequestError::BadVtep { vtep: v, own: self.vtep });
+        }
+        let st = StaticEndpoint {
+            network: net.name.clone(),
+            vni: net.vni,
+            ip: spec.ip,
+            mac: spec.mac,
+            vtep: v,
+            udp_port: net.udp_port,
+            declared_by: self.config.node_name.clone(),
+        };
+        self.store.put_static(&st).await?;
+        // Apply now rather than on the next store poll.
+        let mut view = (*self.snapshot).clone();
+        view.statics.insert(st.key(), st.clone());
+        self.snapshot = std::sync::Arc::new(view);
+        self.reconcile().await?;
+        info!(network = %st.network, ip = %st.ip, mac = %st.mac, vtep = %st.vtep, "static endpoint added");
+        Ok(static_info(&st))
+    }
+
+    async fn del_static(&mut self, network: &str, ip: Ipv4Addr) -> Result<EndpointInfo, RequestError> {
+        let key = static_key(network, ip);
+        let Some(st) = self.snapshot.statics.get(&key).cloned() else {
+            return Err(RequestError::NoSuchStatic { ip, network: network.into() });
+        };
+        self.store.del_static(&key).await?;
+        let mut view = (*self.snapshot).clone();
+        view.statics.remove(&key);
+        self.snapshot = std::sync::Arc::new(view);
+        self.reconcile().await?;
+        info!(network, %ip, "static endpoint deleted");
+        Ok(static_info(&st))
+    }
+
     fn local_info(&self, l: &Local) -> EndpointInfo {
         EndpointInfo {
             network: l.record.network.clone(),
@@ -452,7 +585,7 @@ impl<D: Datapath, S: Store> Agent<D, S> {
             mac: l.record.mac,
             node: self.config.node_name.clone(),
             vtep: self.vtep,
-            local: true,
+            kind: EndpointKind::Local,
             netns: Some(l.netns.clone()),
             ifname: Some(l.ifname.clone()),
             host_ifname: Some(l.host_ifname.clone()),
@@ -461,7 +594,7 @@ impl<D: Datapath, S: Store> Agent<D, S> {
 
     fn list(&self) -> Vec<EndpointInfo> {
         let mut out: Vec<_> = self.local.values().map(|l| self.local_info(l)).collect();
-        for (node, rec) in self.snapshot.iter().filter(|(n, _)| **n != self.config.node_name) {
+        for (node, rec) in self.snapshot.nodes.iter().filter(|(n, _)| **n != self.config.node_name) {
             for e in &rec.endpoints {
                 out.push(EndpointInfo {
                     network: e.network.clone(),
@@ -470,13 +603,14 @@ impl<D: Datapath, S: Store> Agent<D, S> {
                     mac: e.mac,
                     node: node.clone(),
                     vtep: rec.vtep,
-                    local: false,
+                    kind: EndpointKind::Remote,
                     netns: None,
                     ifname: None,
                     host_ifname: None,
                 });
             }
         }
+        out.extend(self.snapshot.statics.values().map(static_info));
         out.sort_by(|a, b| (a.vni, a.ip, &a.node).cmp(&(b.vni, b.ip, &b.node)));
         out
     }
@@ -489,6 +623,7 @@ impl<D: Datapath, S: Store> Agent<D, S> {
             underlay_interface: self.config.underlay_interface.clone(),
             underlay_mtu: self.underlay_mtu,
             datapath: self.datapath.status(),
+            static_endpoints: self.snapshot.statics.len(),
             store: self.store.describe(),
             networks: self
                 .config
@@ -506,6 +641,7 @@ impl<D: Datapath, S: Store> Agent<D, S> {
                 .collect(),
             peers: self
                 .snapshot
+                .nodes
                 .values()
                 .filter(|r| r.node != self.config.node_name)
                 .map(|r| PeerInfo { node: r.node.clone(), vtep: r.vtep, endpoints: r.endpoints.len() })
@@ -538,5 +674,20 @@ impl<D: Datapath, S: Store> Agent<D, S> {
         } else {
             Err(DaemonError::Teardown { errors })
         }
+    }
+}
+
+fn static_info(st: &StaticEndpoint) -> EndpointInfo {
+    EndpointInfo {
+        network: st.network.clone(),
+        vni: st.vni,
+        ip: st.ip,
+        mac: st.mac,
+        node: format!("static (declared by {})", st.declared_by),
+        vtep: st.vtep,
+        kind: EndpointKind::Static,
+        netns: None,
+        ifname: None,
+        host_ifname: None,
     }
 }

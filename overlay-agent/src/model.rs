@@ -25,3 +25,29 @@ pub struct NodeRecord {
     pub vtep: Ipv4Addr,
     pub endpoints: Vec<EndpointRecord>,
 }
+
+/// An endpoint behind a VTEP that runs no agent (a hand-configured Linux VXLAN host, a
+/// hardware VTEP), declared with `overlay-agent remote add`. Kept in the store, not in
+/// any node's record, so it outlives the agent that declared it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StaticEndpoint {
+    pub network: String,
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+    pub udp_port: u16,
+    /// The node whose CLI declared it (for people; not an owner).
+    pub declared_by: String,
+}
+
+impl StaticEndpoint {
+    /// The store key: unique per (network, IP).
+    pub fn key(&self) -> String {
+        static_key(&self.network, self.ip)
+    }
+}
+
+pub fn static_key(network: &str, ip: Ipv4Addr) -> String {
+    format!("{network}_{ip}")
+}

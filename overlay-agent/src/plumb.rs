@@ -209,6 +209,27 @@ async fn configure(
     Ok(Plugged { host_ifindex: host_link.index, host_ifname: host_name.into() })
 }
 
+/// Whether `name` is a host-side veth name [`host_ifname`] produces.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 11
+        && name.starts_with("ovl")
+        && name[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Deletes host-side veths a previous (crashed) agent left: endpoints do not survive
+/// an agent restart, so any veth with our naming is an orphan at start-up.
+pub async fn remove_orphans(host: &Netlink) -> Result<usize, PlumbError> {
+    let mut removed = 0;
+    for link in host.links().await.map_err(nl("listing links"))? {
+        if is_host_ifname(&link.name) && link.kind.as_deref() == Some("veth") {
+            warn!(link = %link.name, "removing a veth left behind by a previous agent run");
+            host.delete_link(link.index).await.map_err(nl("removing an orphaned veth"))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes the veth pair (both ends); fine if it is already gone.
 pub async fn unplug(host: &Netlink, host_ifindex: u32) -> Result<(), PlumbError> {
     host.delete_link(host_ifindex).await.map_err(nl("deleting the veth pair"))
@@ -226,6 +247,14 @@ mod tests {
         assert_ne!(a, host_ifname("red", Ipv4Addr::new(10, 0, 10, 10)));
         assert_ne!(a, host_ifname("blue", Ipv4Addr::new(10, 0, 10, 11)));
         assert_ne!(a[3..], temp_peer_name("blue", Ipv4Addr::new(10, 0, 10, 11))[3..]);
+    }
+
+    #[test]
+    fn recognises_its_own_host_ifnames() {
+        assert!(is_host_ifname(&host_ifname("blue", Ipv4Addr::new(10, 0, 10, 10))));
+        for other in ["eth0", "ovl", "ovlzzzzzzzz", "ovl0000000000", "ovp0000abcd", "ovbr42"] {
+            assert!(!is_host_ifname(other), "{other}");
+        }
     }
 
     #[test]

@@ -110,6 +110,11 @@ impl AgentProcess {
     /// from the thread that keeps the `AgentProcess`, not from a short-lived
     /// helper thread.
     pub fn spawn(ns: &NetNs, binary: &Path, config: &Path) -> AgentProcess {
+        Self::spawn_with_env(ns, binary, config, &[])
+    }
+
+    /// [`AgentProcess::spawn`] with extra environment variables.
+    pub fn spawn_with_env(ns: &NetNs, binary: &Path, config: &Path, env: &[(String, String)]) -> AgentProcess {
         let log_path = config.with_extension("log");
         let log = OpenOptions::new()
             .create(true)
@@ -124,7 +129,8 @@ impl AgentProcess {
             .arg(config)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log_err);
+            .stderr(log_err)
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let _ns_file = enter_netns(&mut command, ns);
         // SAFETY: prctl is async-signal-safe.
         unsafe {
@@ -236,6 +242,18 @@ impl AgentProcess {
         self.status = Some(status);
         status
     }
+
+    /// SIGKILL, as a crash would: the agent gets no chance to clean up.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        let child = self.child.as_mut().expect("agent child");
+        child.kill().expect("SIGKILL to the agent");
+        let status = child.wait().expect("waitpid on the agent");
+        self.status = Some(status);
+        status
+    }
 }
 
 impl Drop for AgentProcess {
@@ -300,8 +318,18 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
+    run_cli_with_env(ns, binary, args, &[])
+}
+
+/// [`run_cli`] with extra environment variables.
+pub fn run_cli_with_env<I, S>(ns: Option<&NetNs>, binary: &Path, args: I, env: &[(&str, &str)]) -> CliOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     let mut command = Command::new(binary);
     command
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

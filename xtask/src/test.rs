@@ -13,6 +13,8 @@ const BPFFS: &str = "/sys/fs/bpf";
 const TEST_PIN_PREFIX: &str = "overlay-test";
 
 const INTEGRATION_PACKAGE: &str = "integration-tests";
+/// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
+const MODE_ENV: &str = "OVERLAY_TEST_DATAPATH";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -39,13 +41,26 @@ pub fn execute(args: &Args) -> Result<()> {
         .args(&args.test_args);
     let unit = exec::exec(&mut unit);
 
+    // The whole suite with eBPF agents, then the overlay suite again with kernel-mode
+    // agents (the interop tests set their modes themselves).
     let mut integration = workspace::cargo();
     integration
         .args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE])
         .args(["--", "--test-threads=1"])
         .args(&args.test_args)
-        .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"));
+        .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"))
+        .env(MODE_ENV, "ebpf");
+    eprintln!("xtask: integration suite, eBPF datapath");
     let integration = exec::exec(&mut integration);
+    let mut kernel = workspace::cargo();
+    kernel
+        .args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE, "--test", "overlay"])
+        .args(["--", "--test-threads=1"])
+        .args(&args.test_args)
+        .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"))
+        .env(MODE_ENV, "kernel");
+    eprintln!("xtask: overlay suite again, kernel VXLAN datapath");
+    let kernel = exec::exec(&mut kernel);
 
     // Anything left now was left by the suite itself: remove it, and fail the run.
     let cleanup = match remove_leftovers("after the tests") {
@@ -58,7 +73,8 @@ pub fn execute(args: &Args) -> Result<()> {
 
     let stages = [
         ("unit tests", unit),
-        ("integration tests", integration),
+        ("integration tests (eBPF datapath)", integration),
+        ("overlay tests (kernel datapath)", kernel),
         ("cleanup after the tests", cleanup),
     ];
     let mut failed = 0;

@@ -23,13 +23,46 @@ pub struct EndpointSpec {
     pub ifname: Option<String>,
 }
 
+/// An endpoint behind a VTEP that runs no agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteSpec {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     EndpointAdd(EndpointSpec),
     EndpointDel { network: String, ip: Ipv4Addr },
     EndpointList,
+    RemoteAdd(RemoteSpec),
+    RemoteDel { network: String, ip: Ipv4Addr },
     Status,
+}
+
+/// Where an endpoint lives, as `endpoint list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    /// A container on this host.
+    Local,
+    /// A container on another agent's host.
+    Remote,
+    /// Declared with `remote add`: behind a VTEP that runs no agent.
+    Static,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Local => "local",
+            EndpointKind::Remote => "remote",
+            EndpointKind::Static => "static",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +73,7 @@ pub struct EndpointInfo {
     pub mac: MacAddr,
     pub node: String,
     pub vtep: Ipv4Addr,
-    /// True for endpoints on this host.
-    pub local: bool,
+    pub kind: EndpointKind,
     /// Local only: where the container end lives and the host-side veth.
     pub netns: Option<String>,
     pub ifname: Option<String>,
@@ -73,6 +105,7 @@ pub struct StatusInfo {
     pub underlay_interface: String,
     pub underlay_mtu: u32,
     pub datapath: DatapathStatus,
+    pub static_endpoints: usize,
     pub store: String,
     pub networks: Vec<NetworkInfo>,
     pub peers: Vec<PeerInfo>,

@@ -7,7 +7,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The daemon logs at info by default; CLI commands only warn, so their output stays clean.
-    let default = if matches!(cli.command, Command::Run) { "info" } else { "warn" };
+    let default = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match overlay_agent::cli::execute(cli) {

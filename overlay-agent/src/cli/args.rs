@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{mac::MacAddr, paths};
+use crate::{config::DatapathMode, mac::MacAddr, paths};
 
 #[derive(Debug, Parser)]
 #[command(name = "overlay-agent", version, about = "eBPF-accelerated VXLAN overlay for containers: the per-host agent")]
@@ -19,10 +19,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent (daemon) until SIGTERM/SIGINT.
-    Run,
+    Run(RunArgs),
     /// Plug containers in and out, list endpoints.
     #[command(subcommand)]
     Endpoint(EndpointCommand),
+    /// Declare endpoints behind VTEPs that run no agent (plain Linux VXLAN hosts, hardware VTEPs).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
     /// Inspect the datapath's maps.
     #[command(subcommand)]
     Map(MapCommand),
@@ -67,6 +70,39 @@ pub struct EndpointDelArgs {
     pub network: String,
     #[arg(long)]
     pub ip: Ipv4Addr,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Datapath mode, overriding `[datapath] mode` of the config.
+    #[arg(long, value_enum)]
+    pub datapath: Option<DatapathMode>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Add a static endpoint: every agent serving the network forwards to it.
+    Add(RemoteAddArgs),
+    /// Remove a static endpoint.
+    Del(EndpointDelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteAddArgs {
+    /// Network name from the config.
+    #[arg(long)]
+    pub network: String,
+    /// The endpoint's IPv4 address (inside the network's subnet).
+    #[arg(long)]
+    pub ip: Ipv4Addr,
+    /// The endpoint's MAC.
+    #[arg(long)]
+    pub mac: MacAddr,
+    /// The VTEP (underlay address) it sits behind.
+    #[arg(long)]
+    pub vtep: Ipv4Addr,
     #[command(flatten)]
     pub output: OutputArgs,
 }

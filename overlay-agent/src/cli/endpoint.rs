@@ -3,11 +3,11 @@
 use anyhow::Result;
 
 use super::{
-    args::{EndpointAddArgs, EndpointDelArgs, OutputArgs},
+    args::{EndpointAddArgs, EndpointDelArgs, OutputArgs, RemoteAddArgs},
     render::{call, json, table, unexpected},
 };
 use crate::{
-    api::{EndpointInfo, EndpointSpec, Request, Response},
+    api::{EndpointInfo, EndpointSpec, RemoteSpec, Request, Response},
     config::Config,
 };
 
@@ -32,20 +32,46 @@ pub fn del(config: &Config, a: EndpointDelArgs) -> Result<()> {
     }
 }
 
+pub fn remote_add(config: &Config, a: RemoteAddArgs) -> Result<()> {
+    let req = Request::RemoteAdd(RemoteSpec { network: a.network, ip: a.ip, mac: a.mac, vtep: a.vtep });
+    match call(config, &req)? {
+        Response::Endpoint(info) => show_one(&info, a.output, "added"),
+        other => Err(unexpected(&other)),
+    }
+}
+
+pub fn remote_del(config: &Config, a: EndpointDelArgs) -> Result<()> {
+    match call(config, &Request::RemoteDel { network: a.network, ip: a.ip })? {
+        Response::Deleted(info) => show_one(&info, a.output, "deleted"),
+        other => Err(unexpected(&other)),
+    }
+}
+
 fn show_one(info: &EndpointInfo, out: OutputArgs, what: &str) -> Result<()> {
     if out.json {
         return json(info);
     }
-    println!(
-        "endpoint {what}: network {} (vni {}) ip {} mac {} netns {} ifname {} host veth {}",
-        info.network,
-        info.vni,
-        info.ip,
-        info.mac,
-        info.netns.as_deref().unwrap_or("-"),
-        info.ifname.as_deref().unwrap_or("-"),
-        info.host_ifname.as_deref().unwrap_or("-"),
-    );
+    match info.kind {
+        crate::api::EndpointKind::Local => println!(
+            "endpoint {what}: network {} (vni {}) ip {} mac {} netns {} ifname {} host veth {}",
+            info.network,
+            info.vni,
+            info.ip,
+            info.mac,
+            info.netns.as_deref().unwrap_or("-"),
+            info.ifname.as_deref().unwrap_or("-"),
+            info.host_ifname.as_deref().unwrap_or("-"),
+        ),
+        kind => println!(
+            "{} endpoint {what}: network {} (vni {}) ip {} mac {} behind vtep {}",
+            kind.as_str(),
+            info.network,
+            info.vni,
+            info.ip,
+            info.mac,
+            info.vtep
+        ),
+    }
     Ok(())
 }
 
@@ -66,7 +92,7 @@ pub fn list(config: &Config, out: OutputArgs) -> Result<()> {
             e.mac.to_string(),
             e.node.clone(),
             e.vtep.to_string(),
-            if e.local { "local" } else { "remote" }.to_string(),
+            e.kind.as_str().to_string(),
             e.netns.clone().unwrap_or_else(|| "-".into()),
             e.host_ifname.clone().unwrap_or_else(|| "-".into()),
         ]);

@@ -1,20 +1,24 @@
 //! `overlay-agent map dump`: reads the pinned maps directly, so it works whether or
 //! not the daemon is running.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::{
     args::OutputArgs,
     render::{json, table},
 };
-use crate::{config::Config, datapath::pinned};
+use crate::{config::Config, datapath::inspect};
 
 pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
-    let d = pinned::dump(&config.maps_dir())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let d = rt.block_on(inspect::dump(config))?;
     if out.json {
         return json(&d);
     }
-    println!("datapath: {} (pins in {})", d.datapath, d.pin_dir.display());
+    println!("datapath: {} (read from {})", d.datapath, d.pin_dir.display());
     match &d.config {
         Some(c) => {
             let ports: Vec<_> = c.udp_ports.iter().map(u16::to_string).collect();
@@ -29,6 +33,7 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
                 c.decap_flags
             );
         }
+        None if d.datapath == "kernel" => println!("config:   kernel bridge + VXLAN devices (see networks)"),
         None => println!("config:   (not configured yet)"),
     }
     let mut t = table(&["VNI", "UDP PORT", "MTU"]);
@@ -56,6 +61,17 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
         t.add_row(vec![f.vni.to_string(), f.mac.to_string(), f.kind.clone(), via]);
     }
     println!("\nfdb\n{t}");
+    let mut t = table(&["VNI", "LOCAL VETHS", "VXLAN DEVICE", "REMOTE VTEPS"]);
+    for f in &d.flood {
+        let list = |v: Vec<String>| if v.is_empty() { "-".to_string() } else { v.join(",") };
+        t.add_row(vec![
+            f.vni.to_string(),
+            list(f.local_ifindexes.iter().map(u32::to_string).collect()),
+            f.vxlan_ifindex.map_or("-".into(), |i| format!("ifindex {i}")),
+            list(f.remote_vteps.iter().map(ToString::to_string).collect()),
+        ]);
+    }
+    println!("\nbroadcast/multicast replication\n{t}");
     let mut t = table(&["DIRECTION", "REASON", "KIND", "PACKETS", "BYTES"]);
     for s in &d.stats {
         t.add_row(vec![
@@ -66,6 +82,10 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
             s.bytes.to_string(),
         ]);
     }
-    println!("\nstats (all CPUs)\n{t}");
+    if d.datapath == "ebpf" {
+        println!("\nstats (all CPUs)\n{t}");
+    } else {
+        println!("\n(per-reason packet counters exist only in the eBPF datapath)");
+    }
     Ok(())
 }

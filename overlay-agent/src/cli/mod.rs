@@ -11,17 +11,25 @@ mod status;
 use anyhow::Result;
 
 pub use args::Cli;
-use args::{Command, EndpointCommand, MapCommand};
+use args::{Command, EndpointCommand, MapCommand, RemoteCommand};
 
 use crate::config::Config;
 
 pub fn execute(cli: Cli) -> Result<()> {
     let load = || Config::load(&cli.config);
     match cli.command {
-        Command::Run => run::execute(load()?),
+        Command::Run(a) => {
+            let mut config = load()?;
+            if let Some(mode) = a.datapath {
+                config.datapath.mode = mode;
+            }
+            run::execute(config)
+        }
         Command::Endpoint(EndpointCommand::Add(a)) => endpoint::add(&load()?, a),
         Command::Endpoint(EndpointCommand::Del(a)) => endpoint::del(&load()?, a),
         Command::Endpoint(EndpointCommand::List(o)) => endpoint::list(&load()?, o),
+        Command::Remote(RemoteCommand::Add(a)) => endpoint::remote_add(&load()?, a),
+        Command::Remote(RemoteCommand::Del(a)) => endpoint::remote_del(&load()?, a),
         Command::Map(MapCommand::Dump(o)) => map::dump(&load()?, o),
         Command::Status(o) => status::execute(&load()?, o),
     }

@@ -22,7 +22,7 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
     println!("node:      {}", s.node);
     println!("vtep:      {} on {} (mtu {})", s.vtep, s.underlay_interface, s.underlay_mtu);
     println!("datapath:  {} ({})", s.datapath.mode, s.datapath.detail);
-    println!("store:     {}", s.store);
+    println!("store:     {} ({} static endpoints)", s.store, s.static_endpoints);
     println!("uptime:    {}s", s.uptime_secs);
     let mut t = table(&["NETWORK", "VNI", "SUBNET", "UDP PORT", "MTU", "LOCAL", "REMOTE"]);
     for n in &s.networks {

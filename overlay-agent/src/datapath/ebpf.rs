@@ -18,18 +18,38 @@ use aya::{
     },
     util::KernelVersion,
 };
+use std::collections::{BTreeMap, BTreeSet};
+
 use overlay_common::{
-    DatapathConfig, EndpointValue, FEATURE_CSUM_LEVEL, FdbKey, FdbValue, NeighKey, NeighValue,
-    NetworkValue, ProbeArgs, StatsValue, limits, maps, programs, vxlan,
+    DatapathConfig, EndpointValue, FEATURE_CSUM_LEVEL, FdbKey, FdbValue, FloodValue, NeighKey,
+    NeighValue, NetworkValue, ProbeArgs, StatsValue, limits, maps, programs, vxlan,
 };
 use tracing::{debug, info, warn};
 
 use super::{
-    Datapath, DatapathError, DatapathStatus, Forwarding,
+    Datapath, DatapathError, DatapathStatus, Forwarding, LocalEndpoint,
+    devices::{self, DeviceError, NetDevices, NetSpec},
     probe::{self, Features, ProbeError},
     tables::{Tables, diff},
 };
-use crate::paths;
+use crate::{netlink::Netlink, paths};
+
+/// Testing aid: names a helper the probe treats as missing, to exercise the automatic
+/// fallback on a kernel that has everything (e.g. `bpf_redirect_peer`).
+pub const SIMULATE_MISSING_ENV: &str = "OVERLAY_AGENT_SIMULATE_MISSING_HELPER";
+
+/// The helpers the programs call, and the first mainline kernel that has each.
+const HELPERS: [(&str, &str); 9] = [
+    ("bpf_redirect_peer", "5.10"),
+    ("bpf_redirect_neigh", "5.10"),
+    ("bpf_csum_level", "5.7"),
+    ("bpf_skb_adjust_room", "4.13"),
+    ("bpf_skb_change_type", "4.8"),
+    ("bpf_get_hash_recalc", "4.8"),
+    ("bpf_clone_redirect", "4.2"),
+    ("bpf_skb_store_bytes", "4.1"),
+    ("bpf_redirect", "4.4"),
+];
 
 /// The eBPF object built by `build.rs` (empty when built with `AYA_BUILD_SKIP=1`).
 pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-ebpf"));
@@ -98,6 +118,31 @@ pub enum EbpfError {
     Probe(#[from] ProbeError),
     #[error("more than {max} distinct VXLAN UDP ports")]
     TooManyPorts { max: usize },
+    #[error("kernel {kernel} lacks {helper} (Linux {since}+){simulated}", simulated = if *simulated { " [simulated]" } else { "" })]
+    MissingHelper { helper: String, since: &'static str, kernel: String, simulated: bool },
+    #[error("setting up the broadcast VXLAN devices: {0}")]
+    Devices(#[from] DeviceError),
+}
+
+impl EbpfError {
+    /// Refines a verifier rejection into the helper the kernel lacks, when that is why.
+    fn refine(self, kernel: &str) -> EbpfError {
+        if let EbpfError::Program { source: aya::programs::ProgramError::LoadError { verifier_log, .. }, .. } = &self {
+            let log = verifier_log.to_string();
+            if let Some(rest) = log.split("unknown func ").nth(1) {
+                let name = rest.split(['#', ' ', '\n']).next().unwrap_or_default();
+                if let Some((helper, since)) = HELPERS.iter().find(|(h, _)| *h == name) {
+                    return EbpfError::MissingHelper {
+                        helper: (*helper).into(),
+                        since,
+                        kernel: kernel.into(),
+                        simulated: false,
+                    };
+                }
+            }
+        }
+        self
+    }
 }
 
 /// What the eBPF datapath needs to know about this host.
@@ -106,8 +151,7 @@ pub struct EbpfSettings {
     pub vtep: Ipv4Addr,
     pub underlay_ifindex: u32,
     pub underlay_ifname: String,
-    /// (VNI, UDP port, container MTU) per network.
-    pub networks: Vec<(u32, u16, u32)>,
+    pub networks: Vec<NetSpec>,
     pub bpffs_dir: PathBuf,
 }
 
@@ -115,6 +159,7 @@ struct Maps {
     neigh: HashMap<MapData, NeighKey, NeighValue>,
     fdb: HashMap<MapData, FdbKey, FdbValue>,
     endpoints: HashMap<MapData, u32, EndpointValue>,
+    flood: HashMap<MapData, u32, FloodValue>,
 }
 
 pub struct EbpfDatapath {
@@ -128,6 +173,11 @@ pub struct EbpfDatapath {
     features: Features,
     kernel: String,
     tcx: bool,
+    nl: Netlink,
+    devs: BTreeMap<u32, NetDevices>,
+    /// VNI → VXLAN device ifindex, for the flood map.
+    vxlan_index: BTreeMap<u32, u32>,
+    flood_entries: BTreeSet<(u32, Ipv4Addr, u16)>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EbpfError + '_ {
@@ -164,6 +214,13 @@ pub fn remove_pins(maps_dir: &Path) -> Result<usize, EbpfError> {
     Ok(removed)
 }
 
+/// Removes every pin of the node whose pin directory is `bpffs_dir`, and the directory.
+pub fn remove_node_pins(bpffs_dir: &Path) -> Result<usize, EbpfError> {
+    let n = remove_pins(&bpffs_dir.join(paths::MAPS_SUBDIR))?;
+    remove_empty_dirs(bpffs_dir);
+    Ok(n)
+}
+
 /// Removes `dir` and then its parents up to (not including) the bpffs mount, as long
 /// as they are empty: several agents may share `/sys/fs/bpf/overlay`.
 fn remove_empty_dirs(dir: &Path) {
@@ -176,6 +233,16 @@ fn remove_empty_dirs(dir: &Path) {
             break; // not empty (another agent) or already gone
         }
         cur = d.parent();
+    }
+}
+
+/// On kernels without tcx, TC programs are netlink filters that outlive the agent:
+/// remove ours from the underlay if a crashed eBPF-mode agent left it.
+pub fn detach_stale_underlay_filter(ifname: &str) {
+    match tc::qdisc_detach_program(ifname, TcAttachType::Ingress, programs::FROM_UNDERLAY) {
+        Ok(()) => warn!(interface = ifname, "removed the eBPF filter a previous agent left on the underlay"),
+        Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => debug!(interface = ifname, error = %e, "no stale underlay filter removed"),
     }
 }
 
@@ -196,8 +263,21 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError 
     move |source| EbpfError::Map { name, source }
 }
 
+/// The kernel's version, for messages.
+pub fn kernel_version() -> Option<KernelVersion> {
+    KernelVersion::current().ok()
+}
+
 impl EbpfDatapath {
-    pub fn start(s: &EbpfSettings) -> Result<Self, EbpfError> {
+    /// Loads, probes, pins and attaches the datapath and builds the networks' VXLAN
+    /// devices. On failure everything made so far is removed again, so `auto` can fall
+    /// back to the kernel datapath on a clean host.
+    pub async fn start(s: &EbpfSettings, nl: Netlink) -> Result<Self, EbpfError> {
+        let kernel = kernel_version().map_or_else(|| "unknown".into(), |v| v.to_string());
+        if let Ok(helper) = std::env::var(SIMULATE_MISSING_ENV) {
+            let since = HELPERS.iter().find(|(h, _)| *h == helper).map_or("?", |(_, v)| *v);
+            return Err(EbpfError::MissingHelper { helper, since, kernel, simulated: true });
+        }
         if OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
@@ -207,6 +287,37 @@ impl EbpfDatapath {
         if stale > 0 {
             warn!(dir = %maps_dir.display(), stale, "removed pinned maps left by a previous agent run");
         }
+        let mut dp = match Self::load(s, &maps_dir, nl) {
+            Ok(dp) => dp,
+            Err(e) => {
+                // The Ebpf object is gone: programs detached. Remove the pins too.
+                if let Err(undo) = remove_pins(&maps_dir) {
+                    warn!(error = %undo, "undo: removing pins");
+                }
+                remove_empty_dirs(&s.bpffs_dir);
+                return Err(e.refine(&kernel));
+            }
+        };
+        match devices::create(&dp.nl, s.vtep, s.underlay_ifindex, &s.networks, false).await {
+            Ok(devs) => {
+                dp.vxlan_index = devs.iter().map(|(vni, d)| (*vni, d.vxlan_index)).collect();
+                dp.devs = devs;
+                // Publish the flood lists (VXLAN devices, no local endpoints yet).
+                dp.apply(Tables::from_forwarding(&Forwarding::default(), &dp.vxlan_index))?;
+                Ok(dp)
+            }
+            Err(e) => {
+                let devs_err = EbpfError::Devices(e);
+                if let Err(undo) = dp.teardown_bpf() {
+                    warn!(error = %undo, "undo: removing the eBPF datapath");
+                }
+                Err(devs_err)
+            }
+        }
+    }
+
+    fn load(s: &EbpfSettings, maps_dir: &Path, nl: Netlink) -> Result<Self, EbpfError> {
+        let maps_dir = maps_dir.to_owned();
         let version = KernelVersion::current().ok();
         let kernel = version.map_or_else(|| "unknown".into(), |v| v.to_string());
         // tcx links (6.6+) are owned by the agent's file descriptors: if the agent dies,
@@ -236,7 +347,7 @@ impl EbpfDatapath {
         let mut config: Array<MapData, DatapathConfig> = take(&mut ebpf, maps::CONFIG)?;
         let mut networks: HashMap<MapData, u32, NetworkValue> = take(&mut ebpf, maps::NETWORKS)?;
         let mut cfg = DatapathConfig::zeroed();
-        for &(vni, port, mtu) in &s.networks {
+        for &NetSpec { vni, udp_port: port, mtu } in &s.networks {
             let value = NetworkValue { udp_port_be: port.to_be(), mtu: mtu as u16, _pad: [0; 4] };
             networks.insert(vni, value, 0).map_err(map_err(maps::NETWORKS))?;
             let n = cfg.n_udp_ports as usize;
@@ -264,6 +375,7 @@ impl EbpfDatapath {
             neigh: take(&mut ebpf, maps::NEIGH)?,
             fdb: take(&mut ebpf, maps::FDB)?,
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
+            flood: take(&mut ebpf, maps::FLOOD)?,
         };
         // Stats stay readable through the pin; the agent itself does not need them.
         let _stats: PerCpuArray<MapData, StatsValue> = take(&mut ebpf, maps::STATS)?;
@@ -287,6 +399,10 @@ impl EbpfDatapath {
             features,
             kernel,
             tcx,
+            nl,
+            devs: BTreeMap::new(),
+            vxlan_index: BTreeMap::new(),
+            flood_entries: BTreeSet::new(),
         })
     }
 
@@ -295,7 +411,8 @@ impl EbpfDatapath {
     }
 
     fn apply(&mut self, desired: Tables) -> Result<(), EbpfError> {
-        let Maps { neigh, fdb, endpoints } = &mut self.maps;
+        let Maps { neigh, fdb, endpoints, flood } = &mut self.maps;
+        let fl = diff(&self.applied.flood, &desired.flood);
         // Upserts of all three maps before any removal, endpoints first so a new
         // veth's program finds its identity; removals in the reverse order.
         let e = diff(&self.applied.endpoints, &desired.endpoints);
@@ -309,6 +426,12 @@ impl EbpfDatapath {
         }
         for (k, v) in &n.upsert {
             neigh.insert(k, v, 0).map_err(map_err(maps::NEIGH))?;
+        }
+        for (k, v) in &fl.upsert {
+            flood.insert(k, v, 0).map_err(map_err(maps::FLOOD))?;
+        }
+        for k in &fl.remove {
+            remove_entry(flood, k, maps::FLOOD)?;
         }
         for k in &n.remove {
             remove_entry(neigh, k, maps::NEIGH)?;
@@ -371,9 +494,9 @@ impl Datapath for EbpfDatapath {
         }
     }
 
-    async fn attach_endpoint(&mut self, ifindex: u32, ifname: &str) -> Result<(), DatapathError> {
-        let link = attach(&mut self.ebpf, programs::FROM_CONTAINER, ifname, self.tcx)?;
-        if let Some(old) = self.links.insert(ifindex, link) {
+    async fn attach_endpoint(&mut self, ep: &LocalEndpoint) -> Result<(), DatapathError> {
+        let link = attach(&mut self.ebpf, programs::FROM_CONTAINER, &ep.ifname, self.tcx)?;
+        if let Some(old) = self.links.insert(ep.ifindex, link) {
             // Cannot happen (ifindexes are unique while the veth lives); be tidy anyway.
             detach(&mut self.ebpf, old);
         }
@@ -388,11 +511,25 @@ impl Datapath for EbpfDatapath {
     }
 
     async fn sync(&mut self, fwd: &Forwarding) -> Result<(), DatapathError> {
-        self.apply(Tables::from_forwarding(fwd))?;
+        self.apply(Tables::from_forwarding(fwd, &self.vxlan_index))?;
+        let desired: BTreeSet<_> = fwd.flood_targets().into_iter().filter(|(vni, ..)| self.devs.contains_key(vni)).collect();
+        devices::sync_flood(&self.nl, &self.devs, &desired, &mut self.flood_entries).await?;
         Ok(())
     }
 
     async fn shutdown(mut self) -> Result<(), DatapathError> {
+        let errors = devices::destroy(&self.nl, &self.devs).await;
+        self.teardown_bpf()?;
+        match errors.into_iter().next() {
+            None => Ok(()),
+            Some(first) => Err(first.into()),
+        }
+    }
+}
+
+impl EbpfDatapath {
+    /// Detaches every program and removes the pins.
+    fn teardown_bpf(&mut self) -> Result<(), EbpfError> {
         let links: Vec<_> = self.links.drain().map(|(_, l)| l).collect();
         for link in links {
             detach(&mut self.ebpf, link);

@@ -3,7 +3,10 @@
 //! implementation lives in [`ebpf`]; a kernel-VXLAN-device implementation can sit
 //! beside it behind the same trait.
 
+pub mod devices;
 pub mod ebpf;
+pub mod inspect;
+pub mod kernel;
 pub mod pinned;
 pub mod probe;
 #[cfg(test)]
@@ -27,7 +30,7 @@ pub struct LocalEndpoint {
     pub ifname: String,
 }
 
-/// A container on another host.
+/// A container on another host, or a static endpoint behind a VTEP with no agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RemoteEndpoint {
     pub vni: u32,
@@ -35,7 +38,16 @@ pub struct RemoteEndpoint {
     pub mac: MacAddr,
     pub vtep: Ipv4Addr,
     pub udp_port: u16,
+    /// The owning node, or `static` for `remote add` endpoints.
     pub node: String,
+}
+
+impl Forwarding {
+    /// Every remote VTEP (with its UDP port) of each network: where broadcast and
+    /// unknown unicast are replicated head-end.
+    pub fn flood_targets(&self) -> std::collections::BTreeSet<(u32, Ipv4Addr, u16)> {
+        self.remote.values().map(|r| (r.vni, r.vtep, r.udp_port)).collect()
+    }
 }
 
 /// Everything this host must forward, whatever the datapath.
@@ -59,13 +71,15 @@ pub struct DatapathStatus {
 pub enum DatapathError {
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
 }
 
 #[expect(async_fn_in_trait, reason = "used with static dispatch on the agent's own runtime")]
 pub trait Datapath {
     fn status(&self) -> DatapathStatus;
     /// Makes a freshly created host-side veth part of the datapath.
-    async fn attach_endpoint(&mut self, ifindex: u32, ifname: &str) -> Result<(), DatapathError>;
+    async fn attach_endpoint(&mut self, ep: &LocalEndpoint) -> Result<(), DatapathError>;
     /// Undoes [`Datapath::attach_endpoint`]; fine if the veth is already gone.
     async fn detach_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError>;
     /// Makes the forwarding tables equal `fwd`: adds what is missing, then removes
@@ -73,4 +87,47 @@ pub trait Datapath {
     async fn sync(&mut self, fwd: &Forwarding) -> Result<(), DatapathError>;
     /// Removes everything this datapath made.
     async fn shutdown(self) -> Result<(), DatapathError>;
+}
+
+/// The datapath the agent runs: chosen at start-up by `[datapath] mode`.
+pub enum AnyDatapath {
+    Ebpf(ebpf::EbpfDatapath),
+    Kernel(kernel::KernelDatapath),
+}
+
+impl Datapath for AnyDatapath {
+    fn status(&self) -> DatapathStatus {
+        match self {
+            AnyDatapath::Ebpf(d) => d.status(),
+            AnyDatapath::Kernel(d) => d.status(),
+        }
+    }
+
+    async fn attach_endpoint(&mut self, ep: &LocalEndpoint) -> Result<(), DatapathError> {
+        match self {
+            AnyDatapath::Ebpf(d) => d.attach_endpoint(ep).await,
+            AnyDatapath::Kernel(d) => d.attach_endpoint(ep).await,
+        }
+    }
+
+    async fn detach_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self {
+            AnyDatapath::Ebpf(d) => d.detach_endpoint(ifindex).await,
+            AnyDatapath::Kernel(d) => d.detach_endpoint(ifindex).await,
+        }
+    }
+
+    async fn sync(&mut self, fwd: &Forwarding) -> Result<(), DatapathError> {
+        match self {
+            AnyDatapath::Ebpf(d) => d.sync(fwd).await,
+            AnyDatapath::Kernel(d) => d.sync(fwd).await,
+        }
+    }
+
+    async fn shutdown(self) -> Result<(), DatapathError> {
+        match self {
+            AnyDatapath::Ebpf(d) => d.shutdown().await,
+            AnyDatapath::Kernel(d) => d.shutdown().await,
+        }
+    }
 }

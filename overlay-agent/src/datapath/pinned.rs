@@ -8,7 +8,7 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use overlay_common::{
-    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, NeighKey,
+    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, FloodValue, NeighKey,
     NeighValue, NetworkValue, Reason, StatsValue, maps, reason::ReasonKind, stats_index,
 };
 use serde::{Deserialize, Serialize};
@@ -93,17 +93,33 @@ pub struct StatsRow {
     pub bytes: u64,
 }
 
+/// Where broadcast/multicast copies of one network go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FloodRow {
+    pub vni: u32,
+    /// Host-side veths of the local endpoints (eBPF mode).
+    pub local_ifindexes: Vec<u32>,
+    /// The network's VXLAN device, which replicates to the remote VTEPs.
+    pub vxlan_ifindex: Option<u32>,
+    /// Remote VTEPs with an all-zero-MAC FDB entry (kernel mode; empty when read from pins).
+    pub remote_vteps: Vec<Ipv4Addr>,
+}
+
 /// Everything `map dump` shows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MapDump {
+    /// "ebpf" (read from the pinned maps) or "kernel" (read from the kernel's
+    /// neighbour and FDB tables over netlink).
     pub datapath: String,
+    /// Where it was read: the pin directory, or the kernel's tables.
     pub pin_dir: PathBuf,
     pub config: Option<ConfigRow>,
     pub networks: Vec<NetworkRow>,
     pub endpoints: Vec<EndpointRow>,
     pub neighbours: Vec<NeighRow>,
     pub fdb: Vec<FdbRow>,
-    /// Non-zero counters, summed over CPUs.
+    pub flood: Vec<FloodRow>,
+    /// Non-zero counters, summed over CPUs (eBPF only).
     pub stats: Vec<StatsRow>,
 }
 
@@ -215,6 +231,20 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
     }
     fdb.sort_by_key(|f| (f.vni, f.mac));
 
+    let flood_map: HashMap<MapData, u32, FloodValue> = typed(maps_dir, maps::FLOOD)?;
+    let mut flood = Vec::new();
+    for item in flood_map.iter() {
+        let (vni, v) = item.map_err(read_err(maps::FLOOD))?;
+        let n = (v.n_ports as usize).min(v.ifindex.len());
+        flood.push(FloodRow {
+            vni,
+            local_ifindexes: v.ifindex[..n].to_vec(),
+            vxlan_ifindex: (v.vxlan_ifindex != 0).then_some(v.vxlan_ifindex),
+            remote_vteps: Vec::new(),
+        });
+    }
+    flood.sort_by_key(|f| f.vni);
+
     let stats_map: PerCpuArray<MapData, StatsValue> = typed(maps_dir, maps::STATS)?;
     let mut stats = Vec::new();
     for dir in Direction::ALL {
@@ -246,6 +276,7 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
         endpoints,
         neighbours,
         fdb,
+        flood,
         stats,
     })
 }

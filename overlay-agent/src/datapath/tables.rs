@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use overlay_common::{
-    EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, NeighKey, NeighValue,
+    EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, FloodValue, NeighKey, NeighValue,
+    limits::MAX_FLOOD_PORTS,
 };
 
 use super::Forwarding;
@@ -15,11 +16,20 @@ pub struct Tables {
     pub neigh: BTreeMap<NeighKey, NeighValue>,
     pub fdb: BTreeMap<FdbKey, FdbValue>,
     pub endpoints: BTreeMap<u32, EndpointValue>,
+    /// By VNI: where broadcast/multicast copies go.
+    pub flood: BTreeMap<u32, FloodValue>,
 }
 
 impl Tables {
-    pub fn from_forwarding(fwd: &Forwarding) -> Self {
+    /// `vxlan_index`: each served network's VXLAN device (VNI → ifindex), which carries
+    /// the remote copies of broadcast frames.
+    pub fn from_forwarding(fwd: &Forwarding, vxlan_index: &BTreeMap<u32, u32>) -> Self {
         let mut t = Tables::default();
+        for (&vni, &ifindex) in vxlan_index {
+            let mut f = FloodValue::empty();
+            f.vxlan_ifindex = ifindex;
+            t.flood.insert(vni, f);
+        }
         for (&ifindex, ep) in &fwd.local {
             let (ip, mac) = (ep.ip.octets(), ep.mac.0);
             t.neigh.insert(NeighKey { vni: ep.vni, ip }, NeighValue { mac, _pad: [0; 2] });
@@ -28,6 +38,12 @@ impl Tables {
                 FdbValue { kind: FDB_LOCAL, ifindex, vtep: [0; 4], udp_port_be: 0, _pad: [0; 2] },
             );
             t.endpoints.insert(ifindex, EndpointValue { vni: ep.vni, ip, mac, _pad: [0; 2] });
+            let f = t.flood.entry(ep.vni).or_insert_with(FloodValue::empty);
+            // The agent refuses more endpoints per network than fit (see the daemon).
+            if (f.n_ports as usize) < MAX_FLOOD_PORTS {
+                f.ifindex[f.n_ports as usize] = ifindex;
+                f.n_ports += 1;
+            }
         }
         for ep in fwd.remote.values() {
             let (ip, mac) = (ep.ip.octets(), ep.mac.0);
@@ -102,8 +118,10 @@ mod tests {
 
     #[test]
     fn local_and_remote_entries() {
-        let t = Tables::from_forwarding(&fwd());
+        let t = Tables::from_forwarding(&fwd(), &BTreeMap::from([(42, 9)]));
         assert_eq!(t.neigh.len(), 2);
+        let flood = t.flood[&42];
+        assert_eq!((flood.vxlan_ifindex, flood.n_ports, flood.ifindex[0]), (9, 1, 7));
         let local = t.fdb[&FdbKey::new(42, [2, 0x42, 10, 0, 10, 10])];
         assert_eq!((local.kind, local.ifindex), (FDB_LOCAL, 7));
         let remote = t.fdb[&FdbKey::new(42, [2, 0x42, 10, 0, 10, 11])];
@@ -121,7 +139,7 @@ mod tests {
             (42, MacAddr::from_ipv4(ip)),
             RemoteEndpoint { vni: 42, ip, mac: MacAddr::from_ipv4(ip), vtep: Ipv4Addr::new(198, 51, 100, 3), udp_port: 4789, node: "h3".into() },
         );
-        let t = Tables::from_forwarding(&f);
+        let t = Tables::from_forwarding(&f, &BTreeMap::new());
         assert_eq!(t.fdb[&FdbKey::new(42, MacAddr::from_ipv4(ip).0)].kind, FDB_LOCAL);
     }
 

@@ -1,10 +1,9 @@
-//! The embedded `dir` backend: one JSON file per node in a directory shared by all
-//! agents on a machine (the lab, CI). Writers replace their file atomically
+//! The embedded `dir` backend: one JSON file per node (`nodes/`) and per static
+//! endpoint (`statics/`) in a directory shared by all agents on a machine (the lab, CI). Writers replace their file atomically
 //! (write a temporary file, then rename), so readers never see half a record.
 //! Readers poll the directory: simple, works across namespaces and needs no daemon.
 
 use std::{
-    collections::BTreeMap,
     io::ErrorKind,
     path::{Path, PathBuf},
     sync::Arc,
@@ -14,8 +13,10 @@ use std::{
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::{Snapshot, Store, StoreError};
-use crate::model::NodeRecord;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{Snapshot, Store, StoreError, StoreView};
+use crate::model::{NodeRecord, StaticEndpoint};
 
 /// How often peers' files are re-read. Convergence is bounded by this plus the
 /// agent's reconcile time, well under the 2 s the overlay promises.
@@ -23,6 +24,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 pub struct DirStore {
     nodes_dir: PathBuf,
+    statics_dir: PathBuf,
     rx: watch::Receiver<Snapshot>,
     poller: tokio::task::JoinHandle<()>,
 }
@@ -39,16 +41,19 @@ impl DirStore {
     /// Must be called within a tokio runtime.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let nodes_dir = path.join("nodes");
-        tokio::fs::create_dir_all(&nodes_dir).await.map_err(io_err(&nodes_dir))?;
-        let first = read_all(&nodes_dir).await?;
+        let statics_dir = path.join("statics");
+        for dir in [&nodes_dir, &statics_dir] {
+            tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
+        }
+        let first = read_view(&nodes_dir, &statics_dir).await?;
         let (tx, rx) = watch::channel(Arc::new(first));
-        let dir = nodes_dir.clone();
+        let (dir, sdir) = (nodes_dir.clone(), statics_dir.clone());
         let poller = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(POLL_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                match read_all(&dir).await {
+                match read_view(&dir, &sdir).await {
                     Ok(snap) => {
                         tx.send_if_modified(|cur| {
                             if **cur == snap {
@@ -66,12 +71,39 @@ impl DirStore {
                 }
             }
         });
-        Ok(Self { nodes_dir, rx, poller })
+        Ok(Self { nodes_dir, statics_dir, rx, poller })
     }
+}
 
-    fn record_path(&self, node: &str) -> PathBuf {
-        self.nodes_dir.join(format!("{node}.json"))
+async fn read_view(nodes: &Path, statics: &Path) -> Result<StoreView, StoreError> {
+    let nodes = read_all::<NodeRecord>(nodes).await?.into_iter().map(|r| (r.node.clone(), r)).collect();
+    let statics = read_all::<StaticEndpoint>(statics).await?.into_iter().map(|s| (s.key(), s)).collect();
+    Ok(StoreView { nodes, statics })
+}
+
+/// Atomically replaces `dir/<name>.json` with `value`.
+async fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Encode { node: name.into(), source })?;
+    let path = dir.join(format!("{name}.json"));
+    let tmp = dir.join(format!(".{name}.json.tmp"));
+    tokio::fs::write(&tmp, bytes).await.map_err(io_err(&tmp))?;
+    tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path))
+}
+
+async fn remove_json(dir: &Path, name: &str) -> Result<(), StoreError> {
+    let path = dir.join(format!("{name}.json"));
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StoreError::Io { path, source }),
     }
+}
+
+/// Reads one node's record without opening (watching) the store; `None` if absent
+/// or unreadable. For `map dump` in kernel mode.
+pub fn read_node(path: &Path, node: &str) -> Option<NodeRecord> {
+    let bytes = std::fs::read(path.join("nodes").join(format!("{node}.json"))).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 impl Drop for DirStore {
@@ -80,8 +112,8 @@ impl Drop for DirStore {
     }
 }
 
-async fn read_all(dir: &Path) -> Result<BTreeMap<String, NodeRecord>, StoreError> {
-    let mut out = BTreeMap::new();
+async fn read_all<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
     let mut entries = tokio::fs::read_dir(dir).await.map_err(io_err(dir))?;
     while let Some(entry) = entries.next_entry().await.map_err(io_err(dir))? {
         let path = entry.path();
@@ -94,11 +126,9 @@ async fn read_all(dir: &Path) -> Result<BTreeMap<String, NodeRecord>, StoreError
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        match serde_json::from_slice::<NodeRecord>(&bytes) {
-            Ok(rec) => {
-                out.insert(rec.node.clone(), rec);
-            }
-            Err(e) => debug!(path = %path.display(), error = %e, "skipping unreadable node record"),
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(rec) => out.push(rec),
+            Err(e) => debug!(path = %path.display(), error = %e, "skipping an unreadable store record"),
         }
     }
     Ok(out)
@@ -110,24 +140,19 @@ impl Store for DirStore {
     }
 
     async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| StoreError::Encode {
-            node: record.node.clone(),
-            source,
-        })?;
-        let path = self.record_path(&record.node);
-        let tmp = self.nodes_dir.join(format!(".{}.json.tmp", record.node));
-        tokio::fs::write(&tmp, bytes).await.map_err(io_err(&tmp))?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io_err(&path))?;
-        Ok(())
+        write_json(&self.nodes_dir, &record.node, record).await
     }
 
     async fn withdraw(&self, node: &str) -> Result<(), StoreError> {
-        let path = self.record_path(node);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Io { path, source }),
-        }
+        remove_json(&self.nodes_dir, node).await
+    }
+
+    async fn put_static(&self, endpoint: &StaticEndpoint) -> Result<(), StoreError> {
+        write_json(&self.statics_dir, &endpoint.key(), endpoint).await
+    }
+
+    async fn del_static(&self, key: &str) -> Result<(), StoreError> {
+        remove_json(&self.statics_dir, key).await
     }
 
     fn watch(&self) -> watch::Receiver<Snapshot> {
@@ -174,16 +199,31 @@ mod tests {
         a.publish(&record("a", [10, 0, 10, 1])).await.unwrap();
         // A late opener learns what is already there.
         let b = DirStore::open(dir.path()).await.unwrap();
-        assert_eq!(b.watch().borrow()["a"], record("a", [10, 0, 10, 1]));
+        assert_eq!(b.watch().borrow().nodes["a"], record("a", [10, 0, 10, 1]));
         b.publish(&record("b", [10, 0, 10, 2])).await.unwrap();
         let mut rx = a.watch();
-        wait_for(&mut rx, |s| s.contains_key("b")).await;
+        wait_for(&mut rx, |s| s.nodes.contains_key("b")).await;
         // Replacing a record is atomic and visible.
         b.publish(&record("b", [10, 0, 10, 3])).await.unwrap();
-        wait_for(&mut rx, |s| s.get("b").is_some_and(|r| r.endpoints[0].ip == std::net::Ipv4Addr::new(10, 0, 10, 3))).await;
+        wait_for(&mut rx, |s| s.nodes.get("b").is_some_and(|r| r.endpoints[0].ip == std::net::Ipv4Addr::new(10, 0, 10, 3))).await;
         b.withdraw("b").await.unwrap();
         b.withdraw("b").await.unwrap(); // idempotent
-        wait_for(&mut rx, |s| !s.contains_key("b")).await;
+        wait_for(&mut rx, |s| !s.nodes.contains_key("b")).await;
+        // Static endpoints live beside the node records.
+        let st = crate::model::StaticEndpoint {
+            network: "blue".into(),
+            vni: 42,
+            ip: [10, 0, 10, 9].into(),
+            mac: MacAddr::from_ipv4([10, 0, 10, 9].into()),
+            vtep: [203, 0, 113, 9].into(),
+            udp_port: 4789,
+            declared_by: "b".into(),
+        };
+        b.put_static(&st).await.unwrap();
+        wait_for(&mut rx, |s| s.statics.get("blue_10.0.10.9") == Some(&st)).await;
+        a.del_static(&st.key()).await.unwrap();
+        a.del_static(&st.key()).await.unwrap(); // idempotent
+        wait_for(&mut rx, |s| s.statics.is_empty()).await;
         assert!(std::fs::read_dir(dir.path().join("nodes")).unwrap().all(|e| {
             !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")
         }));

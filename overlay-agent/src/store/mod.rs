@@ -11,10 +11,18 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::sync::watch;
 
-use crate::model::NodeRecord;
+use crate::model::{NodeRecord, StaticEndpoint};
 
-/// All nodes' records, by node name.
-pub type Snapshot = Arc<BTreeMap<String, NodeRecord>>;
+/// Everything in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreView {
+    /// Node records, by node name.
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Static endpoints, by [`StaticEndpoint::key`].
+    pub statics: BTreeMap<String, StaticEndpoint>,
+}
+
+pub type Snapshot = Arc<StoreView>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,7 +32,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot encode the record of node {node}: {source}")]
+    #[error("cannot encode the record {node}: {source}")]
     Encode {
         node: String,
         #[source]
@@ -40,6 +48,10 @@ pub trait Store {
     async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError>;
     /// Remove a node's record; absent is fine.
     async fn withdraw(&self, node: &str) -> Result<(), StoreError>;
+    /// Create or replace a static endpoint.
+    async fn put_static(&self, endpoint: &StaticEndpoint) -> Result<(), StoreError>;
+    /// Remove a static endpoint by key; absent is fine.
+    async fn del_static(&self, key: &str) -> Result<(), StoreError>;
     /// The latest snapshot of all records, updated as they change.
     fn watch(&self) -> watch::Receiver<Snapshot>;
 }
