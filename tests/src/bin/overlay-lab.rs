@@ -69,6 +69,10 @@ fn interrupted() -> Result<(), String> {
 fn run(keep: bool) -> Result<(), String> {
     say("building the underlay: h1 198.51.100.1/24 <-> h2 198.51.100.2/24 (network namespaces)");
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+    // What users get by default: eBPF where it runs, the kernel datapath otherwise.
+    for i in 0..lab.nodes.len() {
+        lab.set_mode(i, overlay_agent::config::DatapathMode::Auto);
+    }
     for (i, node) in lab.nodes.iter().enumerate() {
         println!("  {} = netns {}, config {}", node.name, lab.host(i).ns.name(), node.config.display());
     }
