@@ -211,7 +211,8 @@ impl AgentProcess {
     /// Sends SIGTERM and waits up to [`STOP_TIMEOUT`], then SIGKILLs; returns
     /// how it exited. Calling it again returns the same status.
     pub fn stop(&mut self) -> ExitStatus {
-        self.stop_within(STOP_TIMEOUT)
+        let grace = crate::hang_guard(STOP_TIMEOUT);
+        self.stop_within(grace)
     }
 
     /// [`AgentProcess::stop`] with another grace period.
@@ -343,7 +344,7 @@ where
     let (status, stdout, stderr) = thread::scope(|scope| {
         let out = scope.spawn(move || read_all(&mut stdout));
         let err = scope.spawn(move || read_all(&mut stderr));
-        let deadline = Instant::now() + CLI_TIMEOUT;
+        let deadline = Instant::now() + crate::hang_guard(CLI_TIMEOUT);
         let status = loop {
             if let Some(status) = child.try_wait().expect("waitpid") {
                 break status;

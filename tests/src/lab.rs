@@ -173,7 +173,7 @@ impl Lab {
         let node = &self.nodes[i];
         let mut agent = AgentProcess::spawn_with_env(&self.hosts()[i].ns, &self.binary, &node.config, &node.env);
         let (binary, cfg) = (self.binary.clone(), self.nodes[i].config.clone());
-        agent.wait_until("the agent answers `status`", Duration::from_secs(20), || {
+        agent.wait_until("the agent answers `status`", crate::hang_guard(Duration::from_secs(20)), || {
             run_cli(None, &binary, ["--config".as_ref(), cfg.as_os_str(), "status".as_ref()]).success()
         });
         self.nodes[i].agent = Some(agent);

@@ -21,6 +21,18 @@ pub use ns::NetNs;
 pub use topo::{Host, Underlay, UnderlayBuilder};
 pub use traffic::{Capture, Direction, Frame, PingResult, TransferResult, ping, tcp_transfer};
 
+/// Environment variable: a factor (default 1) for the harness's hang guards (transfer
+/// deadlines, agent start-up and stop waits, CLI timeouts). `cargo xtask vm-test` sets it
+/// for kernels emulated without KVM, where everything runs many times slower. It never
+/// loosens a property the tests check, only how long a stuck step may take to fail.
+pub const SLOW_ENV: &str = "OVERLAY_TEST_SLOW";
+
+/// `base` scaled by [`SLOW_ENV`].
+pub fn hang_guard(base: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var(SLOW_ENV).ok().and_then(|v| v.parse::<u32>().ok()).unwrap_or(1).max(1);
+    base * factor
+}
+
 /// Fails the test (never skips it: a skipped check must not look like a pass) when not
 /// running as root. `cargo xtask test` runs the suite as root.
 pub fn require_root() {

@@ -359,7 +359,7 @@ pub struct TransferOptions {
 impl Default for TransferOptions {
     fn default() -> Self {
         TransferOptions {
-            timeout: Duration::from_secs(30),
+            timeout: crate::hang_guard(Duration::from_secs(30)),
             seed: 0x5eed_f00d_da7a,
             port: 0,
         }
