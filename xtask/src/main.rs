@@ -5,6 +5,7 @@ mod exec;
 mod run;
 mod setup;
 mod test;
+mod vm;
 mod workspace;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Cmd {
     Test(test::Args),
     /// Setup, build, then run the lab (target/debug/overlay-lab).
     Run(run::Args),
+    /// Boot Debian kernels in QEMU (virtme-ng) and run the integration suite in each.
+    VmTest(vm::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Cmd::Build(args) => build::execute(args),
         Cmd::Test(args) => test::execute(args),
         Cmd::Run(args) => run::execute(args),
+        Cmd::VmTest(args) => vm::execute(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

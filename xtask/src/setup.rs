@@ -132,7 +132,24 @@ fn apt_packages() -> Result<bool> {
     Ok(true)
 }
 
-fn apt_get() -> Command {
+/// Installs whichever of `packages` are missing (for subcommands with needs of their own).
+pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+    let mut missing = Vec::new();
+    for &package in packages {
+        if !dpkg_installed(package)? {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        eprintln!("xtask: apt packages present: {}", packages.join(" "));
+        return Ok(());
+    }
+    eprintln!("xtask: installing apt packages: {}", missing.join(" "));
+    exec::exec(apt_get().arg("update"))?;
+    exec::exec(apt_get().args(["install", "-y", "--no-install-recommends"]).args(&missing))
+}
+
+pub fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
     cmd.env("DEBIAN_FRONTEND", "noninteractive");
     cmd
