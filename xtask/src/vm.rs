@@ -352,6 +352,7 @@ pub fn execute(args: &Args) -> Result<()> {
     fs::write(&matrix, json)?;
     println!("matrix written to {}", matrix.display());
     let failed: Vec<_> = outcomes.iter().filter(|o| o.result != "passed").map(|o| format!("{} ({})", o.version, o.log.display())).collect();
+    println!("vm-test: {} passed, {} failed", outcomes.len() - failed.len(), failed.len());
     if !failed.is_empty() {
         bail!("kernels that did not pass: {}", failed.join(", "));
     }
