@@ -73,7 +73,7 @@ pub fn agent_binary() -> PathBuf {
 
 /// Makes `command` enter the network namespace of `ns` before exec. The
 /// returned file must stay open until the command is spawned.
-fn enter_netns(command: &mut Command, ns: &NetNs) -> File {
+pub fn enter_netns(command: &mut Command, ns: &NetNs) -> File {
     let file =
         File::open(ns.path()).unwrap_or_else(|e| panic!("opening {}: {e}", ns.path().display()));
     let fd = file.as_raw_fd();

@@ -10,6 +10,7 @@
 //! [`require_root`].
 
 pub mod agent;
+pub mod bench;
 pub mod lab;
 pub mod ns;
 pub mod packet;

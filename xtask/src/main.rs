@@ -1,11 +1,13 @@
 //! `cargo xtask`: from a bare clone to a working build and test run, as root on Debian 12.
 //! Every subcommand installs what it needs first (`setup`), and says so when nothing is missing.
+mod bench;
 mod build;
 mod exec;
 mod run;
 mod setup;
 mod test;
 mod vm;
+mod vmtest;
 mod workspace;
 
 use std::process::ExitCode;
@@ -33,8 +35,13 @@ enum Cmd {
     Test(test::Args),
     /// Setup, build, then run the lab (target/debug/overlay-lab).
     Run(run::Args),
+    /// Benchmark: eBPF overlay vs kernel VXLAN vs direct routing (table + JSON).
+    Bench(bench::Args),
     /// Boot Debian kernels in QEMU (virtme-ng) and run the integration suite in each.
     VmTest(vm::Args),
+    /// (Temporary name while both exist) Boot Debian kernels in QEMU (virtme-ng), run the
+    /// integration suite in each, print and save a kernel × mode matrix.
+    VmMatrix(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +53,8 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::execute(args),
         Cmd::Run(args) => run::execute(args),
         Cmd::VmTest(args) => vm::execute(args),
+        Cmd::Bench(args) => bench::execute(args),
+        Cmd::VmMatrix(args) => vmtest::execute(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,7 @@ use crate::model::{NodeRecord, StaticEndpoint};
 
 /// How often peers' files are re-read. Convergence is bounded by this plus the
 /// agent's reconcile time, well under the 2 s the overlay promises.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 pub struct DirStore {
     nodes_dir: PathBuf,
