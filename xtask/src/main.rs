@@ -7,7 +7,6 @@ mod run;
 mod setup;
 mod test;
 mod vm;
-mod vmtest;
 mod workspace;
 
 use std::process::ExitCode;
@@ -39,9 +38,6 @@ enum Cmd {
     Bench(bench::Args),
     /// Boot Debian kernels in QEMU (virtme-ng) and run the integration suite in each.
     VmTest(vm::Args),
-    /// (Temporary name while both exist) Boot Debian kernels in QEMU (virtme-ng), run the
-    /// integration suite in each, print and save a kernel × mode matrix.
-    VmMatrix(vmtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +50,6 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::execute(args),
         Cmd::VmTest(args) => vm::execute(args),
         Cmd::Bench(args) => bench::execute(args),
-        Cmd::VmMatrix(args) => vmtest::execute(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
