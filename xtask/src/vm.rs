@@ -226,6 +226,7 @@ CFG
     "$tests" --test-threads=1 "$@"
   echo $? > "$out/rc"
   echo "tests took $(( $(date +%s) - start ))s"
+  dmesg > "$out/dmesg" 2>&1
 } > "$out/log" 2>&1
 "#;
 
@@ -246,7 +247,18 @@ fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     rest.split('"').next()
 }
 
-fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args, tests: &Path, script: &Path, work: &Path) -> Result<Outcome> {
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+fn run_kernel(
+    vng: &Path,
+    name: &str,
+    version: &str,
+    vmlinuz: &Path,
+    args: &Args,
+    tests: &Path,
+    agent: &Path,
+    script: &Path,
+    work: &Path,
+) -> Result<Outcome> {
     let out = work.join(format!("{version}-{}", args.mode));
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
@@ -259,7 +271,7 @@ fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args
         out.display(),
         args.mode,
         tests.display(),
-        workspace::debug_bin("overlay-agent").display(),
+        agent.display(),
         filters.join(" ")
     );
     let mut cmd = Command::new(vng);
@@ -312,13 +324,19 @@ pub fn execute(args: &Args) -> Result<()> {
     setup::run()?;
     setup::ensure_apt(APT_PACKAGES)?;
     build::build(false)?;
-    let tests = overlay_test_binary()?;
+    // The guest runs the binaries over 9p from this machine's filesystem: give it private
+    // copies, so a rebuild during a (long, emulated) run cannot change them under it.
+    let work = workspace::target_dir().join("vm-test");
+    let bin = work.join(format!("bin-{}", std::process::id()));
+    fs::create_dir_all(&bin)?;
+    let tests = bin.join("overlay-tests");
+    fs::copy(overlay_test_binary()?, &tests).context("copying the test binary")?;
+    let agent = bin.join("overlay-agent");
+    fs::copy(workspace::debug_bin("overlay-agent"), &agent).context("copying the agent")?;
     let cache = cache_dir()?;
     fs::create_dir_all(&cache)?;
     let vng = ensure_vng(&cache)?;
     apt_update(&cache)?;
-    let work = workspace::target_dir().join("vm-test");
-    fs::create_dir_all(&work)?;
     let script = work.join("guest.sh");
     fs::write(&script, GUEST_SCRIPT)?;
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -326,7 +344,7 @@ pub fn execute(args: &Args) -> Result<()> {
     let mut outcomes = Vec::new();
     for (name, suite) in kernels {
         let (version, vmlinuz) = fetch_kernel(&cache, suite)?;
-        let o = run_kernel(&vng, name, &version, &vmlinuz, args, &tests, &script, &work)?;
+        let o = run_kernel(&vng, name, &version, &vmlinuz, args, &tests, &agent, &script, &work)?;
         eprintln!("xtask: {version}: {} ({} datapath; {}s)", o.result, o.datapath, o.seconds);
         outcomes.push(o);
     }
@@ -353,6 +371,7 @@ pub fn execute(args: &Args) -> Result<()> {
     println!("matrix written to {}", matrix.display());
     let failed: Vec<_> = outcomes.iter().filter(|o| o.result != "passed").map(|o| format!("{} ({})", o.version, o.log.display())).collect();
     println!("vm-test: {} passed, {} failed", outcomes.len() - failed.len(), failed.len());
+    let _ = fs::remove_dir_all(&bin);
     if !failed.is_empty() {
         bail!("kernels that did not pass: {}", failed.join(", "));
     }
