@@ -209,20 +209,27 @@ impl Netlink {
         }
     }
 
-    /// The FDB entries of device `index` (the kernel dumps every bridge FDB; filtered here).
-    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+    /// Every neighbour message of `family` that belongs to device `index` (the kernel
+    /// dumps all devices' entries; they are filtered here).
+    async fn neigh_dump(&self, family: AddressFamily, index: u32, op: &'static str) -> Result<Vec<NeighbourMessage>, NetlinkError> {
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(AddressFamily::Bridge)
+            .set_address_family(family)
             .execute()
             .try_collect()
             .await
-            .map_err(request_error("fdb dump", format!("#{index}")))?;
-        Ok(msgs
+            .map_err(request_error(op, format!("#{index}")))?;
+        Ok(msgs.into_iter().filter(|m| m.header.ifindex == index).collect())
+    }
+
+    /// The FDB entries of device `index`.
+    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>, NetlinkError> {
+        Ok(self
+            .neigh_dump(AddressFamily::Bridge, index, "fdb dump")
+            .await?
             .into_iter()
-            .filter(|m| m.header.ifindex == index)
             .filter_map(|m| {
                 let mut e = FdbEntry {
                     mac: [0; 6],
@@ -281,18 +288,10 @@ impl Netlink {
 
     /// The IPv4 neighbour entries of device `index`.
     pub async fn neighbours(&self, index: u32) -> Result<Vec<NeighEntry>, NetlinkError> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(request_error("neigh dump", format!("#{index}")))?;
-        Ok(msgs
+        Ok(self
+            .neigh_dump(AddressFamily::Inet, index, "neigh dump")
+            .await?
             .into_iter()
-            .filter(|m| m.header.ifindex == index)
             .filter_map(|m| {
                 let permanent = m.header.state == NeighbourState::Permanent;
                 let mut ip = None;
