@@ -6,7 +6,13 @@
 //! - `ebpf`: agents in eBPF mode, containers plugged in with the CLI;
 //! - `kernel`: agents in kernel mode (bridge + VXLAN device, the classic recipe);
 //! - `direct`: no overlay; the hosts route the containers' subnets to each other (the
-//!   floor an overlay can approach; container MTU 1500).
+//!   floor an overlay can approach; container MTU 1500);
+//! - `direct-1450`: the same with the overlay's container MTU (underlay − 50), a reference
+//!   that separates what VXLAN's 50 bytes cost from what the datapath costs.
+//!
+//! The load generators are pinned, client on CPU 0 and server on CPU 1 (when there are
+//! two): on this 2-CPU machine an unpinned iperf3 pair wanders between CPUs and the
+//! same setup measured 16 to 28 Gbit/s from one run to the next.
 //!
 //! Tools: iperf3 (TCP 1 and 4 streams, 64 B UDP packet rate, a paced load for CPU cost),
 //! sockperf (UDP ping-pong latency percentiles), and a Rust connect/close loop (TCP
@@ -14,7 +20,6 @@
 //! paced TCP load runs, per GB delivered.
 
 use std::{
-    fs::File,
     io::Read as _,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
@@ -42,17 +47,43 @@ pub enum Setup {
     Ebpf,
     Kernel,
     Direct,
+    DirectOverlayMtu,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 3] = [Setup::Ebpf, Setup::Kernel, Setup::Direct];
+    pub const ALL: [Setup; 4] = [Setup::Ebpf, Setup::Kernel, Setup::Direct, Setup::DirectOverlayMtu];
 
     pub fn name(self) -> &'static str {
         match self {
             Setup::Ebpf => "ebpf",
             Setup::Kernel => "kernel",
             Setup::Direct => "direct",
+            Setup::DirectOverlayMtu => "direct-1450",
         }
+    }
+}
+
+/// The containers' MTU in the overlays: the underlay's 1500 less VXLAN's 50 bytes.
+pub const OVERLAY_MTU: u32 = 1450;
+
+/// CPUs for the load generators' client and server.
+fn cpus() -> (usize, usize) {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (0, if n > 1 { 1 } else { 0 })
+}
+
+/// `program args...` pinned to `cpu` with taskset (util-linux).
+fn pinned(cpu: usize, program: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec!["-c".to_string(), cpu.to_string(), program.to_string()];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_thread(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _best_effort = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
 }
 
@@ -72,7 +103,8 @@ pub struct Topology {
 /// server container the first packet from the client gets through.
 pub fn build(setup: Setup) -> Topology {
     match setup {
-        Setup::Direct => direct(),
+        Setup::Direct => direct(1500),
+        Setup::DirectOverlayMtu => direct(OVERLAY_MTU),
         Setup::Ebpf => overlay(DatapathMode::Ebpf),
         Setup::Kernel => overlay(DatapathMode::Kernel),
     }
@@ -125,14 +157,14 @@ fn first_reply(ns: &NetNs, dst: Ipv4Addr, stop: &AtomicBool) -> Option<Instant> 
     None
 }
 
-fn direct() -> Topology {
+fn direct(mtu: u32) -> Topology {
     let hosts = Underlay::two_hosts();
     let (client, server) = (NetNs::new("dc"), NetNs::new("ds"));
     for (host, c, gw, addr) in [
         (&hosts.h1, &client, "10.0.1.1/24", "10.0.1.10/24"),
         (&hosts.h2, &server, "10.0.2.1/24", "10.0.2.11/24"),
     ] {
-        link_veth(&host.ns, "vc", c, "eth0", 1500);
+        link_veth(&host.ns, "vc", c, "eth0", mtu);
         add_addr(&host.ns, "vc", gw);
         add_addr(c, "eth0", addr);
         add_route(c, "default", gw.split('/').next().unwrap().parse().unwrap());
@@ -155,8 +187,8 @@ struct Server(Child);
 
 impl Server {
     fn start(ns: &NetNs, program: &str, args: &[&str]) -> Server {
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let mut cmd = Command::new("taskset");
+        cmd.args(pinned(cpus().1, program, args)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let _ns_file = enter_netns(&mut cmd, ns);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {program}: {e} (run `cargo xtask bench`, which installs it)"));
         // Let it bind.
@@ -172,12 +204,23 @@ impl Drop for Server {
     }
 }
 
+/// taskset arguments for an iperf3 client run against `t`'s server.
+fn iperf3_args(t: &Topology, args: &[&str]) -> Vec<String> {
+    let ip = t.server_ip.to_string();
+    let mut full = vec!["-c", &ip, "-p", "5201", "-J"];
+    full.extend(args);
+    pinned(cpus().0, "iperf3", &full)
+}
+
+fn parse_iperf3(out: &crate::agent::CliOutput, args: &[String]) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("iperf3 {args:?}: {e}: {}\n{}", out.stdout, out.stderr))
+}
+
 fn iperf3_json(t: &Topology, args: &[&str]) -> Value {
     let _server = Server::start(&t.server, "iperf3", &["-s", "-1", "-p", "5201"]);
-    let mut full = vec!["-c".to_string(), t.server_ip.to_string(), "-p".into(), "5201".into(), "-J".into()];
-    full.extend(args.iter().map(|s| s.to_string()));
-    let out = run_cli(Some(&t.client), Path::new("iperf3"), &full);
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("iperf3 {args:?}: {e}: {}\n{}", out.stdout, out.stderr))
+    let full = iperf3_args(t, args);
+    let out = run_cli(Some(&t.client), Path::new("taskset"), &full);
+    parse_iperf3(&out, &full)
 }
 
 /// TCP throughput in Gbit/s with `streams` parallel streams.
@@ -200,11 +243,9 @@ pub fn udp64_pps(t: &Topology, secs: u32) -> f64 {
 pub fn rr_usec(t: &Topology, secs: u32) -> (f64, f64) {
     let ip = t.server_ip.to_string();
     let _server = Server::start(&t.server, "sockperf", &["server", "-i", &ip, "-p", "11111"]);
-    let out = run_cli(
-        Some(&t.client),
-        Path::new("sockperf"),
-        ["ping-pong", "-i", &ip, "-p", "11111", "-m", "64", "-t", &secs.to_string(), "--full-rtt"],
-    );
+    let secs = secs.to_string();
+    let args = ["ping-pong", "-i", &ip, "-p", "11111", "-m", "64", "-t", &secs, "--full-rtt"];
+    let out = run_cli(Some(&t.client), Path::new("taskset"), pinned(cpus().0, "sockperf", &args));
     let pct = |p: &str| {
         out.stdout
             .lines()
@@ -215,7 +256,11 @@ pub fn rr_usec(t: &Topology, secs: u32) -> (f64, f64) {
     (pct("50.000"), pct("99.000"))
 }
 
-/// TCP connections opened and closed per second (one client thread).
+/// TCP connections opened and closed per second (one client thread, one server thread).
+///
+/// The server closes first, so TIME_WAIT sits on the server side and never ties up the
+/// client's ephemeral ports (at thousands of connections a second a 5 s run would
+/// otherwise exhaust them, and every later `connect` would fail with EADDRNOTAVAIL).
 pub fn connections_per_sec(t: &Topology, secs: u32) -> f64 {
     let addr = SocketAddr::from((t.server_ip, 5300));
     let stop = Arc::new(AtomicBool::new(false));
@@ -223,47 +268,66 @@ pub fn connections_per_sec(t: &Topology, secs: u32) -> f64 {
     let acceptor = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            listener.set_nonblocking(true).expect("nonblocking listener");
+            pin_thread(cpus().1);
+            // Blocking accept: the client's last connection, made after `stop` is set,
+            // wakes it up for the final check.
             while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => drop(s),
-                    Err(_) => std::thread::sleep(Duration::from_micros(50)),
+                if let Ok((s, _)) = listener.accept() {
+                    drop(s);
                 }
             }
         })
     };
-    let count = t.client.run(|| {
+    let (count, failures) = t.client.run(|| {
+        pin_thread(cpus().0);
         let deadline = Instant::now() + Duration::from_secs(u64::from(secs));
-        let mut n = 0u64;
+        let (mut n, mut failed) = (0u64, 0u64);
+        let mut buf = [0u8; 1];
         while Instant::now() < deadline {
-            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                drop(s);
-                n += 1;
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(mut s) => {
+                    // Wait for the server's FIN: the connection is complete both ways.
+                    let _eof = s.read(&mut buf);
+                    n += 1;
+                }
+                Err(_) => failed += 1,
             }
         }
-        n
+        (n, failed)
     });
     stop.store(true, Ordering::Relaxed);
+    let _wake = t.client.run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)));
     acceptor.join().expect("acceptor");
+    assert!(
+        failures <= count / 100,
+        "connection rate: {failures} of {} connects failed: the measurement is not of the datapath",
+        count + failures
+    );
     count as f64 / f64::from(secs)
 }
 
-/// Busy and total jiffies of the whole machine.
-fn cpu_jiffies() -> (u64, u64) {
-    let mut s = String::new();
-    File::open("/proc/stat").and_then(|mut f| f.read_to_string(&mut s)).expect("/proc/stat");
-    let v: Vec<u64> = s.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+/// Idle time of the whole machine in seconds (all CPUs), from /proc/uptime.
+///
+/// The busy fields of /proc/stat come from tick sampling on kernels without
+/// `VIRT_CPU_ACCOUNTING` (this machine's), and a paced load whose bursts fall between
+/// ticks is mostly missed by it (seen here: 0.03 vs 0.58 CPU s/GB for two datapaths that
+/// differ far less). Idle time on a tickless kernel is measured exactly at every
+/// idle entry and exit, so busy = wall time × CPUs − idle is the honest figure.
+fn idle_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/uptime").expect("/proc/uptime");
+    s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("/proc/uptime idle field")
 }
 
 /// CPU seconds (whole machine) per GB delivered, under a TCP load paced at `gbps`.
 pub fn cpu_sec_per_gb(t: &Topology, gbps: u32, secs: u32) -> f64 {
-    let hz = 100.0; // USER_HZ
-    let (b0, _) = cpu_jiffies();
-    let j = iperf3_json(t, &["-t", &secs.to_string(), "-b", &format!("{gbps}G")]);
-    let (b1, _) = cpu_jiffies();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let _server = Server::start(&t.server, "iperf3", &["-s", "-1", "-p", "5201"]);
+    let args = iperf3_args(t, &["-t", &secs.to_string(), "-b", &format!("{gbps}G")]);
+    let (idle0, t0) = (idle_seconds(), Instant::now());
+    let out = run_cli(Some(&t.client), Path::new("taskset"), &args);
+    let (idle1, wall) = (idle_seconds(), t0.elapsed().as_secs_f64());
+    let j = parse_iperf3(&out, &args);
     let bytes = j["end"]["sum_received"]["bytes"].as_f64().expect("iperf3 bytes");
-    ((b1 - b0) as f64 / hz) / (bytes / 1e9)
+    let busy = (wall * cpus - (idle1 - idle0)).max(0.0);
+    busy / (bytes / 1e9)
 }
