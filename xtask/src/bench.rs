@@ -9,7 +9,8 @@ pub struct Args {
     /// One short round (2 s per measurement) instead of 3 rounds of 5 s.
     #[arg(long)]
     pub quick: bool,
-    /// Extra arguments for overlay-bench (`--rounds N`, `--secs S`, `--json FILE`).
+    /// Extra arguments for overlay-bench (`--rounds N`, `--secs S`, `--json FILE`,
+    /// `--setups a,b`, `--metrics a,b`, `--hold SETUP`).
     #[arg(last = true)]
     pub extra: Vec<String>,
 }
