@@ -264,13 +264,13 @@ async fn select_datapath(
 ) -> Result<AnyDatapath, DaemonError> {
     let kernel = |reason: String| KernelDatapath::start(host.clone(), s.vtep, underlay_index, &s.networks, reason);
     match mode {
-        DatapathMode::Ebpf => Ok(AnyDatapath::Ebpf(EbpfDatapath::start(s, host.clone()).await?)),
+        DatapathMode::Ebpf => Ok(AnyDatapath::Ebpf(Box::new(EbpfDatapath::start(s, host.clone()).await?))),
         DatapathMode::Kernel => {
             clean_ebpf_residue(s);
             Ok(AnyDatapath::Kernel(kernel("datapath.mode=kernel".into()).await?))
         }
         DatapathMode::Auto => match EbpfDatapath::start(s, host.clone()).await {
-            Ok(d) => Ok(AnyDatapath::Ebpf(d)),
+            Ok(d) => Ok(AnyDatapath::Ebpf(Box::new(d))),
             Err(e) => {
                 let reason = format!("auto: {e}");
                 warn!("{e}; using kernel VXLAN fallback (datapath.mode=kernel to silence)");

@@ -230,7 +230,7 @@ CFG
 } > "$out/log" 2>&1
 "#;
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 struct Outcome {
     kernel: String,
     version: String,
@@ -242,9 +242,10 @@ struct Outcome {
     log: PathBuf,
 }
 
-fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let rest = json.split(&format!("\"{key}\":")).nth(1)?.trim_start().strip_prefix('"')?;
-    rest.split('"').next()
+/// A field of the `datapath` object in the probe agent's `status --json`, if it is there.
+fn json_field(json: &str, key: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v.get("datapath")?.get(key)?.as_str().map(str::to_owned)
 }
 
 #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
@@ -312,8 +313,8 @@ fn run_kernel(
         version: version.into(),
         mode: args.mode.clone(),
         result,
-        datapath: json_field(&status, "mode").unwrap_or("?").into(),
-        reason: json_field(&status, "detail").unwrap_or("(no status)").into(),
+        datapath: json_field(&status, "mode").unwrap_or_else(|| "?".into()),
+        reason: json_field(&status, "detail").unwrap_or_else(|| "(no status)".into()),
         seconds: start.elapsed().as_secs(),
         log: out.join("log"),
     })
@@ -354,18 +355,7 @@ pub fn execute(args: &Args) -> Result<()> {
         writeln!(table, "{:<24} {:<7} {:<31} {:<19} {:>4}s  {}", o.version, o.mode, o.result, o.datapath, o.seconds, o.reason)?;
     }
     println!("{table}");
-    let mut json = String::from("[\n");
-    for (i, o) in outcomes.iter().enumerate() {
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        write!(
-            json,
-            "  {{\"kernel\": \"{}\", \"version\": \"{}\", \"mode\": \"{}\", \"result\": \"{}\", \"datapath\": \"{}\", \"reason\": \"{}\", \"seconds\": {}, \"log\": \"{}\"}}{}\n",
-            esc(&o.kernel), esc(&o.version), esc(&o.mode), esc(&o.result), esc(&o.datapath), esc(&o.reason), o.seconds,
-            esc(&o.log.display().to_string()),
-            if i + 1 < outcomes.len() { "," } else { "" }
-        )?;
-    }
-    json.push(']');
+    let json = serde_json::to_string_pretty(&outcomes)?;
     let matrix = work.join("matrix.json");
     fs::write(&matrix, json)?;
     println!("matrix written to {}", matrix.display());
@@ -376,4 +366,18 @@ pub fn execute(args: &Args) -> Result<()> {
         bail!("kernels that did not pass: {}", failed.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_field;
+
+    #[test]
+    fn reads_the_datapath_fields_of_status_json() {
+        let status = r#"{"node":"vm","datapath":{"mode":"ebpf","detail":"tcx attach, flags \"L2_ETH\" yes"},"endpoints":0}"#;
+        assert_eq!(json_field(status, "mode").as_deref(), Some("ebpf"));
+        assert_eq!(json_field(status, "detail").as_deref(), Some(r#"tcx attach, flags "L2_ETH" yes"#));
+        assert_eq!(json_field(status, "missing"), None);
+        assert_eq!(json_field("not json", "mode"), None);
+    }
 }

@@ -91,7 +91,9 @@ pub trait Datapath {
 
 /// The datapath the agent runs: chosen at start-up by `[datapath] mode`.
 pub enum AnyDatapath {
-    Ebpf(ebpf::EbpfDatapath),
+    /// Boxed: the eBPF datapath (its loaded object and links) is far larger than the
+    /// kernel one.
+    Ebpf(Box<ebpf::EbpfDatapath>),
     Kernel(kernel::KernelDatapath),
 }
 
@@ -126,7 +128,7 @@ impl Datapath for AnyDatapath {
 
     async fn shutdown(self) -> Result<(), DatapathError> {
         match self {
-            AnyDatapath::Ebpf(d) => d.shutdown().await,
+            AnyDatapath::Ebpf(d) => (*d).shutdown().await,
             AnyDatapath::Kernel(d) => d.shutdown().await,
         }
     }
