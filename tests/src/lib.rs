@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod interrupt;
 pub mod lab;
 pub mod ns;
 pub mod packet;

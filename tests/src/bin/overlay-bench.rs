@@ -3,12 +3,16 @@
 //! Usage: overlay-bench [--quick] [--rounds N] [--secs S] [--json FILE]
 //!                      [--setups ebpf,kernel,direct] [--metrics NAME,...] [--hold SETUP]
 //!
-//! `--hold SETUP` builds one topology, prints its namespaces and waits for Enter (for
+//! `--hold SETUP` builds one topology, prints its namespaces and waits for Ctrl-C (for
 //! profiling by hand: `perf record -a`, `bpftool prog profile`), then tears it down.
+//! Ctrl-C or SIGTERM during a run stops after the current measurement and tears down.
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
-use integration_tests::bench::{self, Setup};
+use integration_tests::{
+    bench::{self, Setup},
+    interrupt,
+};
 
 struct Opts {
     rounds: usize,
@@ -92,19 +96,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = interrupt::install() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Some(setup) = o.hold {
         let t = bench::build(setup);
         eprintln!(
-            "bench: {} topology up: client netns {}, server netns {} ({}); press Enter to tear it down",
+            "bench: {} topology up: client netns {}, server netns {} ({}); Ctrl-C or `kill {}` tears it down",
             setup.name(),
             t.client.name(),
             t.server.name(),
-            t.server_ip
+            t.server_ip,
+            std::process::id()
         );
-        let _ = std::io::stdin().read_line(&mut String::new());
+        interrupt::wait();
+        drop(t);
+        eprintln!("bench: torn down");
         return ExitCode::SUCCESS;
     }
-    let wants = |m: &str| o.metrics.contains(&m);
+    // A metric is measured if asked for and no Ctrl-C/SIGTERM has arrived.
+    let wants = |m: &str| o.metrics.contains(&m) && !interrupt::requested();
     // samples[setup][metric] = values over rounds
     let mut samples: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
     for round in 1..=o.rounds {
@@ -114,6 +126,9 @@ fn main() -> ExitCode {
             let t = bench::build(setup);
             let s = samples.entry(setup.name()).or_default();
             let mut step = |name: &'static str, v: f64| {
+                if interrupt::requested() {
+                    return;
+                }
                 eprintln!("bench: round {round}/{}: {:<7} {name:<28} {v:.3}", o.rounds, setup.name());
                 s.entry(name).or_default().push(v);
             };
@@ -141,6 +156,10 @@ fn main() -> ExitCode {
                 step("cpu_s_per_gb_at_4g", bench::cpu_sec_per_gb(&t, 4, o.secs));
             }
             drop(t);
+            if interrupt::requested() {
+                eprintln!("bench: interrupted; the topology is torn down, no results written");
+                return ExitCode::FAILURE;
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }

@@ -8,7 +8,6 @@ use std::{
     net::Ipv4Addr,
     path::Path,
     process::ExitCode,
-    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -17,13 +16,7 @@ use integration_tests::{
     lab::{BLUE, Lab},
     topo::Underlay,
 };
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+use integration_tests::interrupt;
 
 fn say(msg: &str) {
     println!("\n\x1b[1m==> {msg}\x1b[0m");
@@ -45,13 +38,9 @@ fn main() -> ExitCode {
     }
     // Ctrl-C or SIGTERM: finish the current step, then tear everything down (the Lab's
     // guards do it on drop). Handlers are reset to default in the children at exec.
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        if let Err(e) = unsafe { sigaction(sig, &action) } {
-            eprintln!("error: installing a {sig} handler: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(e) = interrupt::install() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
     }
     match run(keep) {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,7 +52,7 @@ fn main() -> ExitCode {
 }
 
 fn interrupted() -> Result<(), String> {
-    if STOP.load(Ordering::SeqCst) { Err("interrupted; lab removed".into()) } else { Ok(()) }
+    if interrupt::requested() { Err("interrupted; lab removed".into()) } else { Ok(()) }
 }
 
 fn run(keep: bool) -> Result<(), String> {
@@ -123,9 +112,7 @@ fn run(keep: bool) -> Result<(), String> {
         );
         println!("  agent logs and configs: {}", lab.dir.display());
         say(&format!("to tear it down: press Ctrl-C here, or `kill {}`", std::process::id()));
-        while !STOP.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        interrupt::wait();
     }
     say("tearing down: agents stop (removing veths and pins), namespaces are deleted");
     drop(lab);
