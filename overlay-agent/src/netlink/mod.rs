@@ -99,6 +99,22 @@ fn request_error(
     }
 }
 
+/// The idempotent half of a change request: `Ok(true)` if the kernel made the change,
+/// `Ok(false)` if it refused with one of `already` (the errnos that mean "already so":
+/// EEXIST for an add, ENOENT/ENODEV for a delete), the request's error otherwise.
+fn idempotent(
+    result: Result<(), rtnetlink::Error>,
+    already: &[i32],
+    op: &'static str,
+    target: impl ToString,
+) -> Result<bool, NetlinkError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(source) if errno_of(&source).is_some_and(|errno| already.contains(&errno)) => Ok(false),
+        Err(source) => Err(request_error(op, target)(source)),
+    }
+}
+
 fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
     if name.is_empty()
         || name.len() > MAX_IFNAME_LEN
@@ -213,11 +229,7 @@ impl Netlink {
             Ok(Some(message)) => Ok(Some(LinkInfo::from_message(&message))),
             Ok(None) => Ok(None),
             Err(source) if errno_of(&source) == Some(libc::ENODEV) => Ok(None),
-            Err(source) => Err(NetlinkError::Request {
-                op: "get link",
-                target,
-                source: Box::new(source),
-            }),
+            Err(source) => Err(request_error("get link", target)(source)),
         }
     }
 
@@ -266,11 +278,7 @@ impl Netlink {
             Err(source) if errno_of(&source) == Some(libc::EEXIST) => Err(NetlinkError::Exists {
                 name: name.to_owned(),
             }),
-            Err(source) => Err(NetlinkError::Request {
-                op,
-                target: name.to_owned(),
-                source: Box::new(source),
-            }),
+            Err(source) => Err(request_error(op, name)(source)),
         }
     }
 
@@ -294,18 +302,11 @@ impl Netlink {
     /// Deletes link `index` (for a veth, both ends). Idempotent: Ok if no
     /// such link exists.
     pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => {
-                debug!(index, "deleted link");
-                Ok(())
-            }
-            Err(source) if errno_of(&source) == Some(libc::ENODEV) => Ok(()),
-            Err(source) => Err(NetlinkError::Request {
-                op: "delete link",
-                target: format!("#{index}"),
-                source: Box::new(source),
-            }),
+        let result = self.handle.link().del(index).execute().await;
+        if idempotent(result, &[libc::ENODEV], "delete link", format!("#{index}"))? {
+            debug!(index, "deleted link");
         }
+        Ok(())
     }
 
     /// Deletes the link called `name`. Idempotent: Ok if there is none.
@@ -416,24 +417,12 @@ impl Netlink {
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
         validate_prefix_len(prefix_len)?;
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(address), prefix_len)
-            .execute()
-            .await
-        {
-            Ok(()) => {
-                debug!(index, %address, prefix_len, "added address");
-                Ok(())
-            }
-            Err(source) if errno_of(&source) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(NetlinkError::Request {
-                op: "add address",
-                target: format!("{address}/{prefix_len} on #{index}"),
-                source: Box::new(source),
-            }),
+        let result = self.handle.address().add(index, IpAddr::V4(address), prefix_len).execute().await;
+        let target = format!("{address}/{prefix_len} on #{index}");
+        if idempotent(result, &[libc::EEXIST], "add address", target)? {
+            debug!(index, %address, prefix_len, "added address");
         }
+        Ok(())
     }
 
     /// The IPv4 addresses of link `index`, with their prefix lengths, in the
@@ -493,18 +482,11 @@ impl Netlink {
         if let Some(oif) = oif {
             builder = builder.output_interface(oif);
         }
-        match self.handle.route().add(builder.build()).execute().await {
-            Ok(()) => {
-                debug!(%dst, prefix_len, ?gateway, ?oif, "added route");
-                Ok(())
-            }
-            Err(source) if errno_of(&source) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(NetlinkError::Request {
-                op: "add route",
-                target: format!("{dst}/{prefix_len}"),
-                source: Box::new(source),
-            }),
+        let result = self.handle.route().add(builder.build()).execute().await;
+        if idempotent(result, &[libc::EEXIST], "add route", format!("{dst}/{prefix_len}"))? {
+            debug!(%dst, prefix_len, ?gateway, ?oif, "added route");
         }
+        Ok(())
     }
 
     /// Adds (or replaces) a permanent ARP entry `address` -> `mac` on link

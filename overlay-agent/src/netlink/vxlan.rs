@@ -17,7 +17,7 @@ use rtnetlink::{
 };
 use tracing::debug;
 
-use super::{Netlink, NetlinkError, errno_of, request_error, validate_ifname};
+use super::{Netlink, NetlinkError, errno_of, idempotent, request_error, validate_ifname};
 
 /// A VXLAN device to create (see [`Netlink::create_vxlan`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,11 +182,8 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         let target = format!("{} dst {dst} on #{index}", super::super::mac::MacAddr(mac));
         let msg = RouteNetlinkMessage::NewNeighbour(fdb_message(index, mac, Some(dst), vni, port));
-        match self.send_neigh(msg, NLM_F_CREATE | NLM_F_APPEND, "fdb append", target.clone()).await {
-            Ok(()) => Ok(()),
-            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(request_error("fdb append", target)(e)),
-        }
+        let result = self.send_neigh(msg, NLM_F_CREATE | NLM_F_APPEND, "fdb append", target.clone()).await;
+        idempotent(result, &[libc::EEXIST], "fdb append", target).map(drop)
     }
 
     /// `bridge fdb del MAC dev DEV self [dst DST] [vni VNI] [port PORT]`; absent is fine.
@@ -202,11 +199,8 @@ impl Netlink {
     ) -> Result<(), NetlinkError> {
         let target = format!("{} on #{index}", super::super::mac::MacAddr(mac));
         let msg = RouteNetlinkMessage::DelNeighbour(fdb_message(index, mac, dst, vni, port));
-        match self.send_neigh(msg, 0, "fdb del", target.clone()).await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno_of(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
-            Err(e) => Err(request_error("fdb del", target)(e)),
-        }
+        let result = self.send_neigh(msg, 0, "fdb del", target.clone()).await;
+        idempotent(result, &[libc::ENOENT, libc::ENODEV], "fdb del", target).map(drop)
     }
 
     /// Every neighbour message of `family` that belongs to device `index` (the kernel
@@ -279,11 +273,8 @@ impl Netlink {
         m.header.family = AddressFamily::Inet;
         m.header.ifindex = index;
         m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        match self.handle.neighbours().del(m).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno_of(&e), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
-            Err(e) => Err(request_error("neigh del", format!("{ip} on #{index}"))(e)),
-        }
+        let result = self.handle.neighbours().del(m).execute().await;
+        idempotent(result, &[libc::ENOENT, libc::ENODEV], "neigh del", format!("{ip} on #{index}")).map(drop)
     }
 
     /// The IPv4 neighbour entries of device `index`.
