@@ -66,10 +66,13 @@ impl Setup {
 /// The containers' MTU in the overlays: the underlay's 1500 less VXLAN's 50 bytes.
 pub const OVERLAY_MTU: u32 = 1450;
 
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// CPUs for the load generators' client and server.
 fn cpus() -> (usize, usize) {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    (0, if n > 1 { 1 } else { 0 })
+    (0, if cpu_count() > 1 { 1 } else { 0 })
 }
 
 /// `program args...` pinned to `cpu` with taskset (util-linux).
@@ -204,23 +207,26 @@ impl Drop for Server {
     }
 }
 
-/// taskset arguments for an iperf3 client run against `t`'s server.
-fn iperf3_args(t: &Topology, args: &[&str]) -> Vec<String> {
-    let ip = t.server_ip.to_string();
-    let mut full = vec!["-c", &ip, "-p", "5201", "-J"];
-    full.extend(args);
-    pinned(cpus().0, "iperf3", &full)
+const IPERF3_PORT: &str = "5201";
+
+/// A one-shot iperf3 server in `t`'s server namespace.
+fn iperf3_server(t: &Topology) -> Server {
+    Server::start(&t.server, "iperf3", &["-s", "-1", "-p", IPERF3_PORT])
 }
 
-fn parse_iperf3(out: &crate::agent::CliOutput, args: &[String]) -> Value {
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("iperf3 {args:?}: {e}: {}\n{}", out.stdout, out.stderr))
+/// Runs the iperf3 client (pinned) against the server [`iperf3_server`] started and
+/// returns its JSON report.
+fn iperf3_client(t: &Topology, args: &[&str]) -> Value {
+    let ip = t.server_ip.to_string();
+    let mut full = vec!["-c", &ip, "-p", IPERF3_PORT, "-J"];
+    full.extend(args);
+    let out = run_cli(Some(&t.client), Path::new("taskset"), pinned(cpus().0, "iperf3", &full));
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("iperf3 {full:?}: {e}: {}\n{}", out.stdout, out.stderr))
 }
 
 fn iperf3_json(t: &Topology, args: &[&str]) -> Value {
-    let _server = Server::start(&t.server, "iperf3", &["-s", "-1", "-p", "5201"]);
-    let full = iperf3_args(t, args);
-    let out = run_cli(Some(&t.client), Path::new("taskset"), &full);
-    parse_iperf3(&out, &full)
+    let _server = iperf3_server(t);
+    iperf3_client(t, args)
 }
 
 /// TCP throughput in Gbit/s with `streams` parallel streams.
@@ -320,14 +326,12 @@ fn idle_seconds() -> f64 {
 
 /// CPU seconds (whole machine) per GB delivered, under a TCP load paced at `gbps`.
 pub fn cpu_sec_per_gb(t: &Topology, gbps: u32, secs: u32) -> f64 {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-    let _server = Server::start(&t.server, "iperf3", &["-s", "-1", "-p", "5201"]);
-    let args = iperf3_args(t, &["-t", &secs.to_string(), "-b", &format!("{gbps}G")]);
+    // Only the client's run is timed, not the server's start-up.
+    let _server = iperf3_server(t);
     let (idle0, t0) = (idle_seconds(), Instant::now());
-    let out = run_cli(Some(&t.client), Path::new("taskset"), &args);
+    let j = iperf3_client(t, &["-t", &secs.to_string(), "-b", &format!("{gbps}G")]);
     let (idle1, wall) = (idle_seconds(), t0.elapsed().as_secs_f64());
-    let j = parse_iperf3(&out, &args);
     let bytes = j["end"]["sum_received"]["bytes"].as_f64().expect("iperf3 bytes");
-    let busy = (wall * cpus - (idle1 - idle0)).max(0.0);
+    let busy = (wall * cpu_count() as f64 - (idle1 - idle0)).max(0.0);
     busy / (bytes / 1e9)
 }

@@ -24,7 +24,10 @@ struct Opts {
 }
 
 fn setup_named(name: &str) -> Result<Setup, String> {
-    Setup::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| format!("unknown setup {name:?} (ebpf, kernel, direct)"))
+    Setup::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| {
+        let all: Vec<_> = Setup::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown setup {name:?} ({})", all.join(", "))
+    })
 }
 
 fn metric_named(name: &str) -> Result<&'static str, String> {
@@ -67,16 +70,16 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// (metric, unit, higher is better)
-const METRICS: [(&str, &str, bool); 8] = [
-    ("tcp_1_stream", "Gbit/s", true),
-    ("tcp_4_streams", "Gbit/s", true),
-    ("udp_64b_pps", "kpps", true),
-    ("rr_p50", "µs", false),
-    ("rr_p99", "µs", false),
-    ("tcp_conn_per_s", "conn/s", true),
-    ("cpu_s_per_gb_at_4g", "CPU s/GB", false),
-    ("endpoint_add_to_first_packet", "ms", false),
+/// (metric, unit)
+const METRICS: [(&str, &str); 8] = [
+    ("tcp_1_stream", "Gbit/s"),
+    ("tcp_4_streams", "Gbit/s"),
+    ("udp_64b_pps", "kpps"),
+    ("rr_p50", "µs"),
+    ("rr_p99", "µs"),
+    ("tcp_conn_per_s", "conn/s"),
+    ("cpu_s_per_gb_at_4g", "CPU s/GB"),
+    ("endpoint_add_to_first_packet", "ms"),
 ];
 
 fn median(v: &mut [f64]) -> f64 {
@@ -126,9 +129,6 @@ fn main() -> ExitCode {
             let t = bench::build(setup);
             let s = samples.entry(setup.name()).or_default();
             let mut step = |name: &'static str, v: f64| {
-                if interrupt::requested() {
-                    return;
-                }
                 eprintln!("bench: round {round}/{}: {:<7} {name:<28} {v:.3}", o.rounds, setup.name());
                 s.entry(name).or_default().push(v);
             };
@@ -164,16 +164,14 @@ fn main() -> ExitCode {
         }
     }
 
-    let med = |setup: &str, metric: &str| -> f64 {
-        let mut v = samples.get(setup).and_then(|m| m.get(metric)).cloned().unwrap_or_default();
-        median(&mut v)
+    // (median, min, max, samples) of one setup's metric, if it was measured.
+    let summary = |setup: &str, metric: &str| {
+        let values = samples.get(setup)?.get(metric).filter(|v| !v.is_empty())?;
+        let mut sorted = values.clone();
+        let med = median(&mut sorted);
+        Some((med, sorted[0], sorted[sorted.len() - 1], values))
     };
-    let spread = |setup: &str, metric: &str| -> (f64, f64) {
-        let v = samples.get(setup).and_then(|m| m.get(metric)).cloned().unwrap_or_default();
-        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (min, max)
-    };
+    let med = |setup: &str, metric: &str| summary(setup, metric).map_or(f64::NAN, |s| s.0);
     // Ratios the targets are stated in, plus eBPF against direct routing at the
     // overlay's MTU (what is left once VXLAN's 50 bytes are accounted for).
     const RATIOS: [(&str, &str); 3] = [("ebpf", "direct"), ("ebpf", "kernel"), ("ebpf", "direct-1450")];
@@ -188,20 +186,17 @@ fn main() -> ExitCode {
     println!("\n{header}");
     let fmt = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
     let mut json = serde_json::Map::new();
-    for (metric, unit, _higher) in METRICS {
+    for (metric, unit) in METRICS {
         let mut line = format!("{:<34}", format!("{metric} ({unit})"));
         let mut m = serde_json::Map::new();
         m.insert("unit".into(), unit.into());
         for setup in &setups {
-            line += &format!(" {:>11}", fmt(med(setup, metric)));
-            let (lo, hi) = spread(setup, metric);
-            let values = samples.get(setup).and_then(|x| x.get(metric)).cloned().unwrap_or_default();
-            if !values.is_empty() {
-                m.insert(
-                    (*setup).into(),
-                    serde_json::json!({ "median": med(setup, metric), "min": lo, "max": hi, "samples": values }),
-                );
-            }
+            let Some((median, min, max, values)) = summary(setup, metric) else {
+                line += &format!(" {:>11}", "-");
+                continue;
+            };
+            line += &format!(" {:>11}", fmt(median));
+            m.insert((*setup).into(), serde_json::json!({ "median": median, "min": min, "max": max, "samples": values }));
         }
         for (a, b) in RATIOS {
             let r = med(a, metric) / med(b, metric);
