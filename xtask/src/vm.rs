@@ -242,10 +242,20 @@ struct Outcome {
     log: PathBuf,
 }
 
-/// A field of the `datapath` object in the probe agent's `status --json`, if it is there.
-fn json_field(json: &str, key: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(json).ok()?;
-    v.get("datapath")?.get(key)?.as_str().map(str::to_owned)
+/// The part of the probe agent's `status --json` the matrix reports.
+#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
+struct ProbeDatapath {
+    mode: String,
+    detail: String,
+}
+
+/// The `datapath` object of the probe agent's `status --json`, if it is there.
+fn probe_datapath(json: &str) -> Option<ProbeDatapath> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        datapath: ProbeDatapath,
+    }
+    serde_json::from_str::<Status>(json).ok().map(|s| s.datapath)
 }
 
 #[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
@@ -300,7 +310,7 @@ fn run_kernel(
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let status = fs::read_to_string(out.join("status.json")).unwrap_or_default();
+    let probe = probe_datapath(&fs::read_to_string(out.join("status.json")).unwrap_or_default());
     let rc = fs::read_to_string(out.join("rc")).ok().and_then(|s| s.trim().parse::<i32>().ok());
     let result = match (timed_out, rc) {
         (true, _) => format!("timed out after {}s", args.timeout),
@@ -313,8 +323,8 @@ fn run_kernel(
         version: version.into(),
         mode: args.mode.clone(),
         result,
-        datapath: json_field(&status, "mode").unwrap_or_else(|| "?".into()),
-        reason: json_field(&status, "detail").unwrap_or_else(|| "(no status)".into()),
+        datapath: probe.as_ref().map_or_else(|| "?".into(), |p| p.mode.clone()),
+        reason: probe.map_or_else(|| "(no status)".into(), |p| p.detail),
         seconds: start.elapsed().as_secs(),
         log: out.join("log"),
     })
@@ -370,14 +380,17 @@ pub fn execute(args: &Args) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::json_field;
+    use super::{ProbeDatapath, probe_datapath};
 
     #[test]
-    fn reads_the_datapath_fields_of_status_json() {
-        let status = r#"{"node":"vm","datapath":{"mode":"ebpf","detail":"tcx attach, flags \"L2_ETH\" yes"},"endpoints":0}"#;
-        assert_eq!(json_field(status, "mode").as_deref(), Some("ebpf"));
-        assert_eq!(json_field(status, "detail").as_deref(), Some(r#"tcx attach, flags "L2_ETH" yes"#));
-        assert_eq!(json_field(status, "missing"), None);
-        assert_eq!(json_field("not json", "mode"), None);
+    fn reads_the_datapath_of_status_json() {
+        // The shape of `overlay-agent status --json` (fields trimmed), with an escaped quote.
+        let status = r#"{"node":"vmprobe","underlay_mtu":1500,"datapath":{"mode":"ebpf","detail":"tcx attach, flags \"L2_ETH\" yes"},"networks":[{"vni":42}],"peers":[]}"#;
+        assert_eq!(
+            probe_datapath(status),
+            Some(ProbeDatapath { mode: "ebpf".into(), detail: r#"tcx attach, flags "L2_ETH" yes"#.into() })
+        );
+        assert_eq!(probe_datapath(r#"{"node":"vm"}"#), None);
+        assert_eq!(probe_datapath("not json"), None);
     }
 }
