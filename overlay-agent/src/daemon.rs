@@ -330,42 +330,34 @@ impl<D: Datapath, S: Store> Agent<D, S> {
                 },
             );
         }
-        for st in self.snapshot.statics.values() {
-            if self.config.network_by_vni(st.vni).is_none() {
-                continue;
-            }
-            fwd.remote.insert(
-                (st.vni, st.mac),
-                RemoteEndpoint {
-                    vni: st.vni,
-                    ip: st.ip,
-                    mac: st.mac,
-                    vtep: st.vtep,
-                    udp_port: st.udp_port,
-                    node: "static".into(),
-                },
-            );
-        }
-        for (node, rec) in self.snapshot.nodes.iter() {
-            if *node == self.config.node_name {
-                continue;
-            }
-            for ep in &rec.endpoints {
-                // Only networks this host serves, matched by VNI (the wire identity).
-                if self.config.network_by_vni(ep.vni).is_none() {
-                    continue;
-                }
-                fwd.remote.insert(
-                    (ep.vni, ep.mac),
-                    RemoteEndpoint {
-                        vni: ep.vni,
-                        ip: ep.ip,
-                        mac: ep.mac,
-                        vtep: rec.vtep,
-                        udp_port: ep.udp_port,
-                        node: node.clone(),
-                    },
-                );
+        // Static endpoints first: a node's own record of the same MAC replaces them.
+        let statics = self.snapshot.statics.values().map(|st| RemoteEndpoint {
+            vni: st.vni,
+            ip: st.ip,
+            mac: st.mac,
+            vtep: st.vtep,
+            udp_port: st.udp_port,
+            node: "static".into(),
+        });
+        let published = self
+            .snapshot
+            .nodes
+            .iter()
+            .filter(|(node, _)| **node != self.config.node_name)
+            .flat_map(|(node, rec)| {
+                rec.endpoints.iter().map(|ep| RemoteEndpoint {
+                    vni: ep.vni,
+                    ip: ep.ip,
+                    mac: ep.mac,
+                    vtep: rec.vtep,
+                    udp_port: ep.udp_port,
+                    node: node.clone(),
+                })
+            });
+        for remote in statics.chain(published) {
+            // Only networks this host serves, matched by VNI (the wire identity).
+            if self.config.network_by_vni(remote.vni).is_some() {
+                fwd.remote.insert((remote.vni, remote.mac), remote);
             }
         }
         fwd
