@@ -546,10 +546,8 @@ impl<D: Datapath, S: Store> Agent<D, S> {
             declared_by: self.config.node_name.clone(),
         };
         self.store.put_static(&st).await?;
-        // Apply now rather than on the next store poll.
-        let mut view = (*self.snapshot).clone();
-        view.statics.insert(st.key(), st.clone());
-        self.snapshot = std::sync::Arc::new(view);
+        // Apply now rather than on the next store poll: the store's snapshot has it.
+        self.snapshot = self.store.watch().borrow().clone();
         self.reconcile().await?;
         info!(network = %st.network, ip = %st.ip, mac = %st.mac, vtep = %st.vtep, "static endpoint added");
         Ok(static_info(&st))
@@ -561,9 +559,7 @@ impl<D: Datapath, S: Store> Agent<D, S> {
             return Err(RequestError::NoSuchStatic { ip, network: network.into() });
         };
         self.store.del_static(&key).await?;
-        let mut view = (*self.snapshot).clone();
-        view.statics.remove(&key);
-        self.snapshot = std::sync::Arc::new(view);
+        self.snapshot = self.store.watch().borrow().clone();
         self.reconcile().await?;
         info!(network, %ip, "static endpoint deleted");
         Ok(static_info(&st))

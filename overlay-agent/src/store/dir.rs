@@ -2,11 +2,17 @@
 //! endpoint (`statics/`) in a directory shared by all agents on a machine (the lab, CI). Writers replace their file atomically
 //! (write a temporary file, then rename), so readers never see half a record.
 //! Readers poll the directory: simple, works across namespaces and needs no daemon.
+//! A store's own writes show in its snapshot at once (read your writes), and a poll
+//! that was reading the directory while one of them landed is thrown away: it may have
+//! read the directory from before the write and would undo it for a poll interval.
 
 use std::{
     io::ErrorKind,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -25,7 +31,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub struct DirStore {
     nodes_dir: PathBuf,
     statics_dir: PathBuf,
-    rx: watch::Receiver<Snapshot>,
+    tx: Arc<watch::Sender<Snapshot>>,
+    /// Bumped (under the channel's lock) by every write of this store.
+    writes: Arc<AtomicU64>,
     poller: tokio::task::JoinHandle<()>,
 }
 
@@ -46,33 +54,40 @@ impl DirStore {
             tokio::fs::create_dir_all(dir).await.map_err(io_err(dir))?;
         }
         let first = read_view(&nodes_dir, &statics_dir).await?;
-        let (tx, rx) = watch::channel(Arc::new(first));
+        let tx = Arc::new(watch::Sender::new(Arc::new(first)));
+        let writes = Arc::new(AtomicU64::new(0));
         let (dir, sdir) = (nodes_dir.clone(), statics_dir.clone());
+        let (poll_tx, poll_writes) = (tx.clone(), writes.clone());
         let poller = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(POLL_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
+                let writes_before = poll_writes.load(Ordering::SeqCst);
                 match read_view(&dir, &sdir).await {
                     Ok(snap) => {
-                        tx.send_if_modified(|cur| {
-                            if **cur == snap {
-                                false
-                            } else {
-                                *cur = Arc::new(snap);
-                                true
-                            }
-                        });
+                        offer(&poll_tx, &poll_writes, writes_before, snap);
                     }
                     Err(e) => warn!(error = %e, "cannot read the store; keeping the last snapshot"),
                 }
-                if tx.is_closed() {
-                    break;
-                }
             }
         });
-        Ok(Self { nodes_dir, statics_dir, rx, poller })
+        Ok(Self { nodes_dir, statics_dir, tx, writes, poller })
     }
+}
+
+/// Offers a view the poller read, having seen `writes_before` writes of this store when
+/// it started reading. Taken (and `true` returned) unless a write landed since, as the
+/// view may predate it (the next poll reads it), or nothing changed.
+fn offer(tx: &watch::Sender<Snapshot>, writes: &AtomicU64, writes_before: u64, view: StoreView) -> bool {
+    tx.send_if_modified(|cur| {
+        if writes.load(Ordering::SeqCst) != writes_before || **cur == view {
+            false
+        } else {
+            *cur = Arc::new(view);
+            true
+        }
+    })
 }
 
 async fn read_view(nodes: &Path, statics: &Path) -> Result<StoreView, StoreError> {
@@ -104,6 +119,24 @@ async fn remove_json(dir: &Path, name: &str) -> Result<(), StoreError> {
 pub fn read_node(path: &Path, node: &str) -> Option<NodeRecord> {
     let bytes = std::fs::read(path.join("nodes").join(format!("{node}.json"))).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+impl DirStore {
+    /// Applies one of this store's own writes, which has reached the directory, to the
+    /// snapshot.
+    fn apply(&self, change: impl FnOnce(&mut StoreView)) {
+        self.tx.send_if_modified(|cur| {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            let mut view = (**cur).clone();
+            change(&mut view);
+            if view == **cur {
+                false
+            } else {
+                *cur = Arc::new(view);
+                true
+            }
+        });
+    }
 }
 
 impl Drop for DirStore {
@@ -140,23 +173,39 @@ impl Store for DirStore {
     }
 
     async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError> {
-        write_json(&self.nodes_dir, &record.node, record).await
+        write_json(&self.nodes_dir, &record.node, record).await?;
+        self.apply(|v| {
+            v.nodes.insert(record.node.clone(), record.clone());
+        });
+        Ok(())
     }
 
     async fn withdraw(&self, node: &str) -> Result<(), StoreError> {
-        remove_json(&self.nodes_dir, node).await
+        remove_json(&self.nodes_dir, node).await?;
+        self.apply(|v| {
+            v.nodes.remove(node);
+        });
+        Ok(())
     }
 
     async fn put_static(&self, endpoint: &StaticEndpoint) -> Result<(), StoreError> {
-        write_json(&self.statics_dir, &endpoint.key(), endpoint).await
+        write_json(&self.statics_dir, &endpoint.key(), endpoint).await?;
+        self.apply(|v| {
+            v.statics.insert(endpoint.key(), endpoint.clone());
+        });
+        Ok(())
     }
 
     async fn del_static(&self, key: &str) -> Result<(), StoreError> {
-        remove_json(&self.statics_dir, key).await
+        remove_json(&self.statics_dir, key).await?;
+        self.apply(|v| {
+            v.statics.remove(key);
+        });
+        Ok(())
     }
 
     fn watch(&self) -> watch::Receiver<Snapshot> {
-        self.rx.clone()
+        self.tx.subscribe()
     }
 }
 
@@ -190,6 +239,26 @@ mod tests {
         })
         .await
         .expect("store did not converge within 3 s");
+    }
+
+    #[tokio::test]
+    async fn own_writes_show_at_once_and_a_racing_poll_cannot_undo_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = DirStore::open(dir.path()).await.unwrap();
+        let before_write = a.writes.load(Ordering::SeqCst);
+        let stale = (**a.watch().borrow()).clone();
+        a.publish(&record("a", [10, 0, 10, 1])).await.unwrap();
+        assert_eq!(a.watch().borrow().nodes["a"], record("a", [10, 0, 10, 1]));
+        // A poll that started reading before the write and finishes after it.
+        assert!(!offer(&a.tx, &a.writes, before_write, stale.clone()));
+        assert!(a.watch().borrow().nodes.contains_key("a"));
+        // A poll that started after the write is taken.
+        let mut other = stale;
+        other.nodes.insert("b".into(), record("b", [10, 0, 10, 2]));
+        assert!(offer(&a.tx, &a.writes, a.writes.load(Ordering::SeqCst), other));
+        assert!(a.watch().borrow().nodes.contains_key("b"));
+        a.withdraw("b").await.unwrap();
+        assert!(!a.watch().borrow().nodes.contains_key("b"));
     }
 
     #[tokio::test]

@@ -52,6 +52,7 @@ pub trait Store {
     async fn put_static(&self, endpoint: &StaticEndpoint) -> Result<(), StoreError>;
     /// Remove a static endpoint by key; absent is fine.
     async fn del_static(&self, key: &str) -> Result<(), StoreError>;
-    /// The latest snapshot of all records, updated as they change.
+    /// The latest snapshot of all records, updated as they change; this store's own
+    /// writes are in it as soon as they return.
     fn watch(&self) -> watch::Receiver<Snapshot>;
 }
