@@ -35,6 +35,12 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "ethtool",
     "util-linux",
+    // The control plane: `protoc` and the well-known `.proto` files for the `etcd-client`
+    // crate's build script, and the etcd server and `etcdctl` the tests start and query.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// Debian's Rust toolchain, which builds the eBPF crate.
