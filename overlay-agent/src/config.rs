@@ -12,7 +12,13 @@ use std::{
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::paths;
+use crate::{
+    paths,
+    store::{
+        etcd::{EtcdSettings, EtcdTls},
+        keys::DEFAULT_PREFIX,
+    },
+};
 use overlay_common::{limits, vxlan};
 
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +88,50 @@ impl std::fmt::Display for DatapathMode {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatapathConfig {
     #[serde(default)]
     pub mode: DatapathMode,
+    /// eBPF neighbour map (ARP answers): local plus remote endpoints of every network.
+    #[serde(default = "default_neigh_capacity")]
+    pub neigh_capacity: u32,
+    /// eBPF FDB map: local plus remote MACs of every network.
+    #[serde(default = "default_fdb_capacity")]
+    pub fdb_capacity: u32,
+    /// eBPF local endpoint map: containers on this host.
+    #[serde(default = "default_endpoint_capacity")]
+    pub endpoint_capacity: u32,
+    /// Kernel mode: how often the agent compares the kernel's neighbour and FDB tables
+    /// with what they should hold and repairs them (a VXLAN device set down and up
+    /// loses its entries).
+    #[serde(default = "default_kernel_resync_s")]
+    pub kernel_resync_s: u64,
+}
+
+fn default_neigh_capacity() -> u32 {
+    limits::DEFAULT_NEIGH
+}
+fn default_fdb_capacity() -> u32 {
+    limits::DEFAULT_FDB
+}
+fn default_endpoint_capacity() -> u32 {
+    limits::DEFAULT_LOCAL_ENDPOINTS
+}
+fn default_kernel_resync_s() -> u64 {
+    10
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self {
+            mode: DatapathMode::default(),
+            neigh_capacity: default_neigh_capacity(),
+            fdb_capacity: default_fdb_capacity(),
+            endpoint_capacity: default_endpoint_capacity(),
+            kernel_resync_s: default_kernel_resync_s(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -101,15 +146,60 @@ pub struct RawNetwork {
     pub mtu: Option<u32>,
 }
 
+/// `[store]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
     /// A directory shared by all agents on one machine (the lab, CI).
+    Dir {
+        path: PathBuf,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        lease_ttl_s: Option<u64>,
+    },
+    /// An etcd v3 cluster.
+    Etcd {
+        endpoints: Vec<String>,
+        #[serde(default)]
+        prefix: Option<String>,
+        #[serde(default)]
+        lease_ttl_s: Option<u64>,
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        #[serde(default)]
+        cert_file: Option<PathBuf>,
+        #[serde(default)]
+        key_file: Option<PathBuf>,
+    },
+}
+
+/// How a node's lease is long by default. A dead node's endpoints vanish from every
+/// other host within this (+ about 2 s); an agent restart or an etcd outage shorter than
+/// this is invisible to peers. 60 s: Kubernetes marks a node lost after 40-50 s, and
+/// Cilium found a 60 s session too short only because it restarted by revoking.
+pub const DEFAULT_LEASE_TTL_S: u64 = 60;
+/// Shortest lease allowed: keep-alives go every third of it.
+pub const MIN_LEASE_TTL_S: u64 = 2;
+pub const MAX_LEASE_TTL_S: u64 = 24 * 3600;
+
+/// The validated `[store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    /// Key prefix, without a trailing `/`.
+    pub prefix: String,
+    pub lease_ttl: std::time::Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
     Dir { path: PathBuf },
+    Etcd(EtcdSettings),
 }
 
 /// A validated configuration with defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub node_name: String,
     pub underlay_interface: String,
@@ -118,7 +208,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs_dir: PathBuf,
     pub networks: Vec<Network>,
-    pub store: StoreConfig,
+    pub store: StoreSettings,
     pub datapath: DatapathConfig,
 }
 
@@ -202,6 +292,90 @@ fn check_name(field: &str, name: &str, max: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
+fn validate_store(raw: StoreConfig) -> Result<StoreSettings, ConfigError> {
+    let (backend, prefix, ttl) = match raw {
+        StoreConfig::Dir { path, prefix, lease_ttl_s } => {
+            if path.as_os_str().is_empty() || path.is_relative() {
+                return Err(invalid("store.path", "must be an absolute directory path"));
+            }
+            (Backend::Dir { path }, prefix, lease_ttl_s)
+        }
+        StoreConfig::Etcd { endpoints, prefix, lease_ttl_s, ca_file, cert_file, key_file } => {
+            if endpoints.is_empty() {
+                return Err(invalid("store.endpoints", "is empty: list the etcd client URLs, e.g. [\"http://198.51.100.250:2379\"]"));
+            }
+            let mut schemes = BTreeSet::new();
+            for (i, e) in endpoints.iter().enumerate() {
+                let scheme = e.split_once("://").map(|(s, _)| s);
+                let host = e.split_once("://").map_or("", |(_, h)| h);
+                match scheme {
+                    Some(s @ ("http" | "https")) if !host.is_empty() && !host.contains(char::is_whitespace) => {
+                        schemes.insert(s);
+                    }
+                    _ => {
+                        return Err(invalid(
+                            format!("store.endpoints[{i}]"),
+                            format!("{e:?} is not an etcd client URL like http://198.51.100.250:2379 or https://..."),
+                        ));
+                    }
+                }
+            }
+            if schemes.len() > 1 {
+                return Err(invalid("store.endpoints", "mixes http:// and https:// URLs"));
+            }
+            let tls = match (ca_file, cert_file, key_file) {
+                (None, None, None) => None,
+                (Some(ca_file), Some(cert_file), Some(key_file)) => Some(EtcdTls { ca_file, cert_file, key_file }),
+                (ca, cert, key) => {
+                    let missing = [("store.ca_file", ca.is_none()), ("store.cert_file", cert.is_none()), ("store.key_file", key.is_none())]
+                        .into_iter()
+                        .find(|(_, m)| *m)
+                        .map_or("store.ca_file", |(f, _)| f);
+                    return Err(invalid(missing, "is missing: TLS needs ca_file, cert_file and key_file together"));
+                }
+            };
+            if let Some(t) = &tls {
+                for (field, path) in [("store.ca_file", &t.ca_file), ("store.cert_file", &t.cert_file), ("store.key_file", &t.key_file)] {
+                    if path.is_relative() {
+                        return Err(invalid(field, "must be an absolute path"));
+                    }
+                }
+            }
+            match (schemes.contains("https"), tls.is_some()) {
+                (true, false) => return Err(invalid("store.ca_file", "is missing: https:// endpoints need ca_file, cert_file and key_file")),
+                (false, true) => return Err(invalid("store.endpoints", "use https:// URLs with TLS files")),
+                _ => {}
+            }
+            (Backend::Etcd(EtcdSettings { endpoints, tls }), prefix, lease_ttl_s)
+        }
+    };
+    let prefix = prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+    if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') || prefix.contains(char::is_whitespace) || prefix.contains("//") {
+        return Err(invalid("store.prefix", format!("{prefix:?} must look like /overlay/v1 (a leading '/', no trailing '/', no spaces)")));
+    }
+    let ttl = ttl.unwrap_or(DEFAULT_LEASE_TTL_S);
+    if !(MIN_LEASE_TTL_S..=MAX_LEASE_TTL_S).contains(&ttl) {
+        return Err(invalid("store.lease_ttl_s", format!("{ttl} is outside {MIN_LEASE_TTL_S}..={MAX_LEASE_TTL_S}")));
+    }
+    Ok(StoreSettings { backend, prefix, lease_ttl: std::time::Duration::from_secs(ttl) })
+}
+
+fn validate_datapath(d: &DatapathConfig) -> Result<(), ConfigError> {
+    for (field, value, min, max) in [
+        ("datapath.neigh_capacity", d.neigh_capacity, 16, limits::MAX_MAP_CAPACITY),
+        ("datapath.fdb_capacity", d.fdb_capacity, 16, limits::MAX_MAP_CAPACITY),
+        ("datapath.endpoint_capacity", d.endpoint_capacity, 16, limits::MAX_MAP_CAPACITY),
+    ] {
+        if !(min..=max).contains(&value) {
+            return Err(invalid(field, format!("{value} is outside {min}..={max}")));
+        }
+    }
+    if !(1..=3600).contains(&d.kernel_resync_s) {
+        return Err(invalid("datapath.kernel_resync_s", format!("{} is outside 1..=3600", d.kernel_resync_s)));
+    }
+    Ok(())
+}
+
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         check_name("node_name", &self.node_name, 63)?;
@@ -266,12 +440,8 @@ impl RawConfig {
                 format!("{} distinct ports; at most {} are supported", ports.len(), limits::MAX_UDP_PORTS),
             ));
         }
-        match &self.store {
-            StoreConfig::Dir { path } if path.as_os_str().is_empty() || path.is_relative() => {
-                return Err(invalid("store.path", "must be an absolute directory path"));
-            }
-            StoreConfig::Dir { .. } => {}
-        }
+        let store = validate_store(self.store.clone())?;
+        validate_datapath(&self.datapath)?;
         let absolute = |field: &str, p: Option<PathBuf>, root: &str| -> Result<PathBuf, ConfigError> {
             match p {
                 Some(p) if p.is_relative() => Err(invalid(field, "must be an absolute path")),
@@ -294,7 +464,7 @@ impl RawConfig {
             state_dir,
             bpffs_dir,
             networks,
-            store: self.store,
+            store,
             datapath: self.datapath,
         })
     }
@@ -362,6 +532,53 @@ path = "/tmp/store"
             let e = err_of(&text);
             assert!(e.contains(&format!("`{field}`")), "expected field {field} in: {e}");
         }
+    }
+
+    const ETCD: &str = r#"
+node_name = "h1"
+underlay_interface = "ul0"
+
+[[network]]
+name = "blue"
+vni = 42
+subnet = "10.0.10.0/24"
+
+[store]
+backend = "etcd"
+endpoints = ["https://198.51.100.250:2379", "https://198.51.100.251:2379"]
+lease_ttl_s = 5
+ca_file = "/etc/overlay/ca.pem"
+cert_file = "/etc/overlay/client.pem"
+key_file = "/etc/overlay/client-key.pem"
+"#;
+
+    #[test]
+    fn etcd_store() {
+        let c = Config::parse(ETCD).unwrap();
+        assert_eq!(c.store.prefix, "/overlay/v1");
+        assert_eq!(c.store.lease_ttl, std::time::Duration::from_secs(5));
+        let Backend::Etcd(e) = &c.store.backend else { panic!("{:?}", c.store) };
+        assert_eq!(e.endpoints.len(), 2);
+        assert_eq!(e.tls.as_ref().unwrap().cert_file, Path::new("/etc/overlay/client.pem"));
+        let d = Config::parse(GOOD).unwrap();
+        assert_eq!(d.store.lease_ttl, std::time::Duration::from_secs(DEFAULT_LEASE_TTL_S));
+        let cases = [
+            (ETCD.replace("lease_ttl_s = 5", "lease_ttl_s = 1"), "store.lease_ttl_s"),
+            (ETCD.replace("https://198.51.100.251:2379", "198.51.100.251:2379"), "store.endpoints[1]"),
+            (ETCD.replace("https://198.51.100.251", "http://198.51.100.251"), "store.endpoints"),
+            (ETCD.replace("cert_file = \"/etc/overlay/client.pem\"\n", ""), "store.cert_file"),
+            (ETCD.replace("https", "http"), "store.endpoints"),
+            (ETCD.replace("lease_ttl_s = 5", "prefix = \"overlay/\""), "store.prefix"),
+            (ETCD.replace("lease_ttl_s = 5", "endpoint = \"x\""), "endpoint"),
+            (ETCD.replace("\"https://198.51.100.250:2379\", \"https://198.51.100.251:2379\"", ""), "store.endpoints"),
+            (format!("{GOOD}\n[datapath]\nfdb_capacity = 0\n"), "datapath.fdb_capacity"),
+        ];
+        for (text, field) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(field), "expected {field} in: {e}");
+        }
+        let k = Config::parse(&format!("{GOOD}\n[datapath]\nneigh_capacity = 300000\n")).unwrap();
+        assert_eq!((k.datapath.neigh_capacity, k.datapath.fdb_capacity), (300_000, limits::DEFAULT_FDB));
     }
 
     #[test]

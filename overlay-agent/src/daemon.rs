@@ -172,8 +172,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         warn!(error = %e, "removing veths left by a previous agent run");
     }
     let socket = config.socket_path();
-    let store = match &config.store {
-        crate::config::StoreConfig::Dir { path } => DirStore::open(path).await,
+    let store = match &config.store.backend {
+        crate::config::Backend::Dir { path } => DirStore::open(path).await,
+        crate::config::Backend::Etcd(_) => unimplemented!("being rewritten"),
     };
     let store = match store {
         Ok(s) => s,

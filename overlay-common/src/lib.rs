@@ -40,9 +40,18 @@ pub mod programs {
 /// Map sizes.
 pub mod limits {
     pub const MAX_NETWORKS: u32 = 256;
+    /// Sizes compiled into the object; the agent sets the real ones at load time from
+    /// `[datapath] *_capacity` (defaults below).
     pub const MAX_NEIGH: u32 = 65_536;
     pub const MAX_FDB: u32 = 65_536;
     pub const MAX_LOCAL_ENDPOINTS: u32 = 4_096;
+    /// Defaults of `[datapath] neigh_capacity`, `fdb_capacity`, `endpoint_capacity`.
+    pub const DEFAULT_NEIGH: u32 = 65_536;
+    pub const DEFAULT_FDB: u32 = 65_536;
+    pub const DEFAULT_LOCAL_ENDPOINTS: u32 = 4_096;
+    /// The largest capacity the agent accepts for one map (about 100 MB of kernel
+    /// memory for the FDB).
+    pub const MAX_MAP_CAPACITY: u32 = 1 << 20;
     /// Distinct VXLAN UDP ports across all networks of one agent.
     pub const MAX_UDP_PORTS: usize = 8;
     /// Local endpoints of one network on one host that receive broadcast/multicast

@@ -9,7 +9,7 @@ use super::{
     pinned::{self, EndpointRow, FdbRow, FloodRow, MapDump, NeighRow, NetworkRow, PinnedError},
 };
 use crate::{
-    config::{Config, StoreConfig},
+    config::{Backend, Config},
     mac::MacAddr,
     netlink::{Netlink, NetlinkError},
     plumb,
@@ -50,8 +50,9 @@ pub async fn dump(config: &Config) -> Result<MapDump, InspectError> {
 
 async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectError> {
     // The kernel has no notion of "our" endpoints: take them from this node's record.
-    let own = match &config.store {
-        StoreConfig::Dir { path } => dir::read_node(path, &config.node_name),
+    let own = match &config.store.backend {
+        Backend::Dir { path } => dir::read_node(path, &config.node_name),
+        Backend::Etcd(_) => None,
     };
     let mut d = MapDump {
         datapath: "kernel".into(),

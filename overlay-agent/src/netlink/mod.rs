@@ -148,6 +148,8 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// `IFLA_INFO_KIND`: "veth", "bridge", "vxlan"...; `None` for e.g. `lo`.
     pub kind: Option<String>,
+    /// `IFLA_IFALIAS` (`ip link set dev X alias ...`): the agent marks what it owns.
+    pub alias: Option<String>,
 }
 
 impl LinkInfo {
@@ -160,6 +162,7 @@ impl LinkInfo {
             up: message.header.flags.contains(LinkFlags::Up),
             master: None,
             kind: None,
+            alias: None,
         };
         for attribute in &message.attributes {
             match attribute {
@@ -169,6 +172,7 @@ impl LinkInfo {
                     info.mac = <[u8; 6]>::try_from(address.as_slice()).ok()
                 }
                 LinkAttribute::Controller(index) if *index != 0 => info.master = Some(*index),
+                LinkAttribute::IfAlias(alias) if !alias.is_empty() => info.alias = Some(alias.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for item in infos {
                         if let link::LinkInfo::Kind(kind) = item {
@@ -193,6 +197,8 @@ pub struct LinkChange {
     pub up: Option<bool>,
     /// `Some(bridge index)` to enslave, `Some(0)` to detach (`nomaster`).
     pub master: Option<u32>,
+    /// `IFLA_IFALIAS`.
+    pub alias: Option<String>,
 }
 
 /// An rtnetlink connection bound to the network namespace of the thread that
@@ -380,6 +386,10 @@ impl Netlink {
         }
         if let Some(master) = change.master {
             builder = builder.controller(master);
+            attributes = true;
+        }
+        if let Some(alias) = &change.alias {
+            builder = builder.alias(alias.clone());
             attributes = true;
         }
         if attributes {

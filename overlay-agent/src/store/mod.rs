@@ -5,7 +5,12 @@
 //! reconciles its datapath with every new snapshot, so a late starter learns
 //! everything already there and removals propagate like additions.
 
+pub mod backoff;
 pub mod dir;
+pub mod dirkv;
+pub mod etcd;
+pub mod keys;
+pub mod kv;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -38,6 +43,51 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("locking the store directory ({path}): {source}")]
+    Lock {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching the store directory {path} (inotify): {source}")]
+    Inotify {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store record {path} is not a valid record file: {problem}")]
+    Corrupt { path: std::path::PathBuf, problem: String },
+    #[error("etcd: {op}: {source}")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd: {op}: the server closed the stream without answering")]
+    Unanswered { op: &'static str },
+    #[error("etcd canceled the watch: {reason}")]
+    WatchCanceled { reason: String },
+}
+
+impl StoreError {
+    /// Whether retrying may help: the store is unreachable, has no leader or timed out,
+    /// as opposed to a request it refused.
+    pub fn is_transient(&self) -> bool {
+        use etcd_client::Error as E;
+        use tonic::Code;
+        match self {
+            StoreError::Etcd { source, .. } => match source {
+                E::GRpcStatus(s) => matches!(
+                    s.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted | Code::Cancelled
+                ),
+                E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => true,
+                _ => false,
+            },
+            StoreError::Unanswered { .. } | StoreError::WatchCanceled { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 #[expect(async_fn_in_trait, reason = "used with static dispatch on the agent's own runtime")]

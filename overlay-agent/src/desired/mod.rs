@@ -1,0 +1,590 @@
+//! What this host must forward, kept up to date one change at a time.
+//!
+//! [`Desired`] holds the cluster as the store shows it (nodes, their endpoints, static
+//! endpoints) and this host's own containers, and derives from them the entries the
+//! datapath needs: the neighbour table (VNI, IP → MAC), the FDB (VNI, MAC → local veth or
+//! remote VTEP), the local endpoint table and, per network, where broadcast copies go.
+//! Every change marks exactly the entries it affects as dirty ([`Dirty`]), so applying a
+//! change costs work in proportion to the change, not to the table: a new endpoint on
+//! another node is one neighbour and one FDB entry, a node that changes its VTEP is that
+//! node's endpoints.
+//!
+//! Rules, all deterministic:
+//! - only networks this host serves (by VNI, the wire identity) produce entries;
+//! - a local container wins over any remote claim of its IP or MAC;
+//! - an endpoint published by a node wins over a static endpoint of the same IP (the
+//!   store's transactions keep them apart; this only orders a transient overlap);
+//! - an endpoint is usable only once its node is known (its VTEP comes from the node);
+//! - two remote IPs claiming one MAC (the store prevents it; a transient): the lowest IP
+//!   owns the FDB entry.
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use crate::{
+    mac::MacAddr,
+    records::{EndpointRecord, NodeRecord, StaticRecord},
+};
+
+/// A container on this host, as the datapath needs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LocalEndpoint {
+    pub vni: u32,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    /// The host-side veth.
+    pub ifindex: u32,
+    pub ifname: String,
+}
+
+/// Where frames for a MAC go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FdbTarget {
+    /// A container on this host, behind this host-side veth.
+    Local { ifindex: u32 },
+    /// Behind a remote VTEP, over VXLAN to this UDP port.
+    Remote { vtep: Ipv4Addr, udp_port: u16 },
+}
+
+/// A remote endpoint in effect: what it resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+    pub udp_port: u16,
+    /// The owning node; `None` for a static endpoint.
+    pub node: Option<Arc<str>>,
+}
+
+/// A published endpoint, as kept here (names interned: 250,000 of them share a few
+/// hundred node names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Published {
+    node: Arc<str>,
+    network: Arc<str>,
+    mac: MacAddr,
+    udp_port: u16,
+}
+
+/// Entries whose desired value may have changed since the last [`Desired::take_dirty`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub neigh: HashSet<(u32, Ipv4Addr)>,
+    pub fdb: HashSet<(u32, MacAddr)>,
+    /// Local endpoints, by host-side ifindex.
+    pub endpoints: HashSet<u32>,
+    /// Networks whose broadcast replication changed.
+    pub flood: HashSet<u32>,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.neigh.is_empty() && self.fdb.is_empty() && self.endpoints.is_empty() && self.flood.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.neigh.len() + self.fdb.len() + self.endpoints.len() + self.flood.len()
+    }
+}
+
+/// One or more IPs claiming a MAC; almost always one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owners {
+    One(Ipv4Addr),
+    Many(BTreeSet<Ipv4Addr>),
+}
+
+impl Owners {
+    fn first(&self) -> Ipv4Addr {
+        match self {
+            Owners::One(ip) => *ip,
+            Owners::Many(set) => *set.first().unwrap_or(&Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
+/// A record as the store holds it, with its key's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Node(NodeRecord),
+    Endpoint(u32, Ipv4Addr, EndpointRecord),
+    Static(u32, Ipv4Addr, StaticRecord),
+}
+
+/// A record's identity (what a delete names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RecordKey {
+    Node(String),
+    Endpoint(u32, Ipv4Addr),
+    Static(u32, Ipv4Addr),
+}
+
+#[derive(Debug, Default)]
+pub struct Desired {
+    me: String,
+    /// VNI → UDP port of the networks this host serves.
+    served: BTreeMap<u32, u16>,
+    interned: HashSet<Arc<str>>,
+    nodes: HashMap<Arc<str>, Ipv4Addr>,
+    node_endpoints: HashMap<Arc<str>, HashSet<(u32, Ipv4Addr)>>,
+    endpoints: HashMap<(u32, Ipv4Addr), Published>,
+    statics: HashMap<(u32, Ipv4Addr), StaticRecord>,
+    local: BTreeMap<u32, LocalEndpoint>,
+    local_ip: HashMap<(u32, Ipv4Addr), u32>,
+    local_mac: HashMap<(u32, MacAddr), u32>,
+    mac_owners: HashMap<(u32, MacAddr), Owners>,
+    /// Per VNI: remote (VTEP, port) → number of endpoints behind it.
+    flood: HashMap<u32, HashMap<(Ipv4Addr, u16), u32>>,
+    dirty: Dirty,
+}
+
+impl Desired {
+    /// `me`: this node's name (its own published endpoints are local, not remote);
+    /// `served`: VNI → UDP port of the networks this host serves.
+    pub fn new(me: &str, served: BTreeMap<u32, u16>) -> Self {
+        let mut d = Desired { served, ..Default::default() };
+        d.me = me.to_owned();
+        for &vni in d.served.keys() {
+            d.dirty.flood.insert(vni);
+        }
+        d
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn serves(&self, vni: u32) -> bool {
+        self.served.contains_key(&vni)
+    }
+
+    pub fn served(&self) -> impl Iterator<Item = u32> + '_ {
+        self.served.keys().copied()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.interned.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interned.insert(a.clone());
+        a
+    }
+
+    // ---- queries -------------------------------------------------------------------
+
+    /// The remote endpoint in effect at (vni, ip), if any.
+    pub fn remote(&self, vni: u32, ip: Ipv4Addr) -> Option<Remote> {
+        if !self.serves(vni) || self.local_ip.contains_key(&(vni, ip)) {
+            return None;
+        }
+        if let Some(p) = self.endpoints.get(&(vni, ip)) {
+            if *p.node == *self.me {
+                // This node's own record, without a local container (being withdrawn).
+                return None;
+            }
+            if let Some(&vtep) = self.nodes.get(&p.node) {
+                return Some(Remote { mac: p.mac, vtep, udp_port: p.udp_port, node: Some(p.node.clone()) });
+            }
+        }
+        self.statics
+            .get(&(vni, ip))
+            .map(|s| Remote { mac: s.mac, vtep: s.vtep, udp_port: s.udp_port, node: None })
+    }
+
+    /// The MAC that answers ARP for (vni, ip).
+    pub fn neigh(&self, vni: u32, ip: Ipv4Addr) -> Option<MacAddr> {
+        if let Some(ifindex) = self.local_ip.get(&(vni, ip)) {
+            return self.local.get(ifindex).map(|l| l.mac);
+        }
+        self.remote(vni, ip).map(|r| r.mac)
+    }
+
+    /// Where frames for (vni, mac) go.
+    pub fn fdb(&self, vni: u32, mac: MacAddr) -> Option<FdbTarget> {
+        if let Some(&ifindex) = self.local_mac.get(&(vni, mac)) {
+            return Some(FdbTarget::Local { ifindex });
+        }
+        let ip = self.mac_owners.get(&(vni, mac))?.first();
+        self.remote(vni, ip).map(|r| FdbTarget::Remote { vtep: r.vtep, udp_port: r.udp_port })
+    }
+
+    pub fn local(&self) -> &BTreeMap<u32, LocalEndpoint> {
+        &self.local
+    }
+
+    pub fn local_endpoint(&self, ifindex: u32) -> Option<&LocalEndpoint> {
+        self.local.get(&ifindex)
+    }
+
+    /// Host-side veths of `vni`'s local endpoints (broadcast copies), in ifindex order.
+    pub fn flood_local(&self, vni: u32) -> Vec<u32> {
+        self.local.values().filter(|l| l.vni == vni).map(|l| l.ifindex).collect()
+    }
+
+    /// Remote VTEPs (with their UDP port) that have endpoints in `vni`.
+    pub fn flood_remote(&self, vni: u32) -> BTreeSet<(Ipv4Addr, u16)> {
+        self.flood.get(&vni).map(|m| m.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Every neighbour entry.
+    pub fn all_neigh(&self) -> impl Iterator<Item = ((u32, Ipv4Addr), MacAddr)> + '_ {
+        let local = self.local.values().map(|l| ((l.vni, l.ip), l.mac));
+        let remote = self
+            .endpoints
+            .keys()
+            .chain(self.statics.keys().filter(|k| !self.endpoints.contains_key(k)))
+            .filter_map(|&(vni, ip)| self.remote(vni, ip).map(|r| ((vni, ip), r.mac)));
+        local.chain(remote)
+    }
+
+    /// Every FDB entry.
+    pub fn all_fdb(&self) -> impl Iterator<Item = ((u32, MacAddr), FdbTarget)> + '_ {
+        let local = self.local.values().map(|l| ((l.vni, l.mac), FdbTarget::Local { ifindex: l.ifindex }));
+        let remote = self
+            .mac_owners
+            .keys()
+            .filter(|k| !self.local_mac.contains_key(k))
+            .filter_map(|&(vni, mac)| self.fdb(vni, mac).map(|t| ((vni, mac), t)));
+        local.chain(remote)
+    }
+
+    /// Remote endpoints in effect in `vni` (for `status`).
+    pub fn remote_count(&self, vni: u32) -> usize {
+        self.flood.get(&vni).map_or(0, |m| m.values().map(|&n| n as usize).sum())
+    }
+
+    /// Known nodes other than this one: (name, VTEP, endpoints published).
+    pub fn peers(&self) -> Vec<(String, Ipv4Addr, usize)> {
+        let mut out: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|(n, _)| ***n != *self.me)
+            .map(|(n, &vtep)| (n.to_string(), vtep, self.node_endpoints.get(n).map_or(0, HashSet::len)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn node_vtep(&self, node: &str) -> Option<Ipv4Addr> {
+        self.nodes.get(node).copied()
+    }
+
+    /// Published endpoints: (vni, ip, node, network, mac).
+    pub fn published(&self) -> impl Iterator<Item = (u32, Ipv4Addr, &str, &str, MacAddr)> + '_ {
+        self.endpoints.iter().map(|(&(vni, ip), p)| (vni, ip, &*p.node, &*p.network, p.mac))
+    }
+
+    /// This node's endpoints as the store shows them: (vni, ip) → MAC.
+    pub fn own_published(&self) -> HashMap<(u32, Ipv4Addr), MacAddr> {
+        self.node_endpoints
+            .get(self.me.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.endpoints.get(k).map(|p| (*k, p.mac)))
+            .collect()
+    }
+
+    pub fn statics(&self) -> impl Iterator<Item = (u32, Ipv4Addr, &StaticRecord)> + '_ {
+        self.statics.iter().map(|(&(vni, ip), s)| (vni, ip, s))
+    }
+
+    pub fn static_at(&self, vni: u32, ip: Ipv4Addr) -> Option<&StaticRecord> {
+        self.statics.get(&(vni, ip))
+    }
+
+    /// Who holds (vni, ip) or (vni, mac) in the store or on this host, as a name for
+    /// messages: `Some((true, holder))` for the IP, `(false, holder)` for the MAC.
+    pub fn holder(&self, vni: u32, ip: Ipv4Addr, mac: MacAddr) -> Option<(bool, String)> {
+        if self.local_ip.contains_key(&(vni, ip)) {
+            return Some((true, self.me.clone()));
+        }
+        if let Some(p) = self.endpoints.get(&(vni, ip)) {
+            return Some((true, p.node.to_string()));
+        }
+        if self.statics.contains_key(&(vni, ip)) {
+            return Some((true, "static".into()));
+        }
+        if self.local_mac.contains_key(&(vni, mac)) {
+            return Some((false, self.me.clone()));
+        }
+        if let Some(o) = self.mac_owners.get(&(vni, mac))
+            && let Some(r) = self.remote(vni, o.first())
+        {
+            return Some((false, r.node.map_or_else(|| "static".to_string(), |n| n.to_string())));
+        }
+        None
+    }
+
+    // ---- changes -------------------------------------------------------------------
+
+    /// The entries changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Marks every entry dirty (after adopting a datapath whose contents are unknown).
+    pub fn all_dirty(&self) -> Dirty {
+        let mut d = Dirty::default();
+        for ((vni, ip), _) in self.all_neigh() {
+            d.neigh.insert((vni, ip));
+        }
+        for ((vni, mac), _) in self.all_fdb() {
+            d.fdb.insert((vni, mac));
+        }
+        d.endpoints.extend(self.local.keys().copied());
+        d.flood.extend(self.served.keys().copied());
+        d
+    }
+
+    /// Runs `change`, then records what it did to (vni, ip)'s remote endpoint.
+    fn at(&mut self, vni: u32, ip: Ipv4Addr, change: impl FnOnce(&mut Self)) {
+        let old = self.remote(vni, ip);
+        change(self);
+        let new = self.remote(vni, ip);
+        self.moved(vni, ip, old, new);
+    }
+
+    fn moved(&mut self, vni: u32, ip: Ipv4Addr, old: Option<Remote>, new: Option<Remote>) {
+        if old == new {
+            return;
+        }
+        self.dirty.neigh.insert((vni, ip));
+        if let Some(o) = old {
+            self.unown(vni, o.mac, ip);
+            self.dirty.fdb.insert((vni, o.mac));
+            if let Some(m) = self.flood.get_mut(&vni)
+                && let Some(n) = m.get_mut(&(o.vtep, o.udp_port))
+            {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&(o.vtep, o.udp_port));
+                    self.dirty.flood.insert(vni);
+                }
+            }
+        }
+        if let Some(n) = new {
+            self.own(vni, n.mac, ip);
+            self.dirty.fdb.insert((vni, n.mac));
+            let count = self.flood.entry(vni).or_default().entry((n.vtep, n.udp_port)).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.dirty.flood.insert(vni);
+            }
+        }
+    }
+
+    fn own(&mut self, vni: u32, mac: MacAddr, ip: Ipv4Addr) {
+        match self.mac_owners.get_mut(&(vni, mac)) {
+            None => {
+                self.mac_owners.insert((vni, mac), Owners::One(ip));
+            }
+            Some(Owners::One(other)) if *other == ip => {}
+            Some(o @ Owners::One(_)) => {
+                let first = o.first();
+                *o = Owners::Many(BTreeSet::from([first, ip]));
+            }
+            Some(Owners::Many(set)) => {
+                set.insert(ip);
+            }
+        }
+    }
+
+    fn unown(&mut self, vni: u32, mac: MacAddr, ip: Ipv4Addr) {
+        let key = (vni, mac);
+        let remove = match self.mac_owners.get_mut(&key) {
+            Some(Owners::One(o)) => *o == ip,
+            Some(Owners::Many(set)) => {
+                set.remove(&ip);
+                if set.len() == 1 {
+                    let last = set.first().copied().unwrap_or(ip);
+                    self.mac_owners.insert(key, Owners::One(last));
+                }
+                false
+            }
+            None => false,
+        };
+        if remove {
+            self.mac_owners.remove(&key);
+        }
+    }
+
+    /// Applies one record from the store (created or changed).
+    pub fn put(&mut self, record: Record) {
+        match record {
+            Record::Node(n) => self.put_node(&n.node, n.vtep),
+            Record::Endpoint(vni, ip, e) => self.put_endpoint(vni, ip, e),
+            Record::Static(vni, ip, s) => self.put_static(vni, ip, s),
+        }
+    }
+
+    /// Applies one deletion from the store.
+    pub fn delete(&mut self, key: &RecordKey) {
+        match key {
+            RecordKey::Node(n) => self.del_node(n),
+            RecordKey::Endpoint(vni, ip) => self.del_endpoint(*vni, *ip),
+            RecordKey::Static(vni, ip) => {
+                if self.statics.contains_key(&(*vni, *ip)) {
+                    self.at(*vni, *ip, |s| {
+                        s.statics.remove(&(*vni, *ip));
+                    });
+                }
+            }
+        }
+    }
+
+    /// Replaces the whole store view with `records` (after a list or relist): deletes
+    /// what is no longer there, applies the rest; only real differences become dirty.
+    pub fn snapshot(&mut self, records: Vec<Record>) {
+        let mut nodes = HashSet::new();
+        let mut eps = HashSet::new();
+        let mut sts = HashSet::new();
+        for r in &records {
+            match r {
+                Record::Node(n) => {
+                    nodes.insert(n.node.clone());
+                }
+                Record::Endpoint(vni, ip, _) => {
+                    eps.insert((*vni, *ip));
+                }
+                Record::Static(vni, ip, _) => {
+                    sts.insert((*vni, *ip));
+                }
+            }
+        }
+        let gone_eps: Vec<_> = self.endpoints.keys().filter(|k| !eps.contains(*k)).copied().collect();
+        for (vni, ip) in gone_eps {
+            self.delete(&RecordKey::Endpoint(vni, ip));
+        }
+        let gone_sts: Vec<_> = self.statics.keys().filter(|k| !sts.contains(*k)).copied().collect();
+        for (vni, ip) in gone_sts {
+            self.delete(&RecordKey::Static(vni, ip));
+        }
+        let gone_nodes: Vec<_> = self.nodes.keys().filter(|n| !nodes.contains(&***n)).map(|n| n.to_string()).collect();
+        for n in gone_nodes {
+            self.del_node(&n);
+        }
+        // Nodes first, so their endpoints resolve as they arrive.
+        let (node_records, rest): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| matches!(r, Record::Node(_)));
+        for r in node_records.into_iter().chain(rest) {
+            self.put(r);
+        }
+    }
+
+    fn put_node(&mut self, name: &str, vtep: Ipv4Addr) {
+        if self.nodes.get(name) == Some(&vtep) {
+            return;
+        }
+        let name = self.intern(name);
+        self.rekey_node(&name, |s| {
+            s.nodes.insert(name.clone(), vtep);
+        });
+    }
+
+    fn del_node(&mut self, name: &str) {
+        if !self.nodes.contains_key(name) {
+            return;
+        }
+        let name = self.intern(name);
+        self.rekey_node(&name, |s| {
+            s.nodes.remove(&name);
+        });
+    }
+
+    /// Runs `change` on a node, re-resolving every endpoint it published.
+    fn rekey_node(&mut self, name: &Arc<str>, change: impl FnOnce(&mut Self)) {
+        let eps: Vec<_> = self.node_endpoints.get(name).into_iter().flatten().copied().collect();
+        let old: Vec<_> = eps.iter().map(|&(vni, ip)| self.remote(vni, ip)).collect();
+        change(self);
+        for (&(vni, ip), old) in eps.iter().zip(old) {
+            let new = self.remote(vni, ip);
+            self.moved(vni, ip, old, new);
+        }
+    }
+
+    fn put_endpoint(&mut self, vni: u32, ip: Ipv4Addr, e: EndpointRecord) {
+        let node = self.intern(&e.node);
+        let network = self.intern(&e.network);
+        let p = Published { node: node.clone(), network, mac: e.mac, udp_port: e.udp_port };
+        if self.endpoints.get(&(vni, ip)) == Some(&p) {
+            return;
+        }
+        self.at(vni, ip, |s| {
+            if let Some(old) = s.endpoints.insert((vni, ip), p)
+                && old.node != node
+                && let Some(set) = s.node_endpoints.get_mut(&old.node)
+            {
+                set.remove(&(vni, ip));
+            }
+            s.node_endpoints.entry(node).or_default().insert((vni, ip));
+        });
+    }
+
+    fn del_endpoint(&mut self, vni: u32, ip: Ipv4Addr) {
+        if !self.endpoints.contains_key(&(vni, ip)) {
+            return;
+        }
+        self.at(vni, ip, |s| {
+            if let Some(old) = s.endpoints.remove(&(vni, ip))
+                && let Some(set) = s.node_endpoints.get_mut(&old.node)
+            {
+                set.remove(&(vni, ip));
+                if set.is_empty() {
+                    s.node_endpoints.remove(&old.node);
+                }
+            }
+        });
+    }
+
+    fn put_static(&mut self, vni: u32, ip: Ipv4Addr, st: StaticRecord) {
+        if self.statics.get(&(vni, ip)) == Some(&st) {
+            return;
+        }
+        self.at(vni, ip, |s| {
+            s.statics.insert((vni, ip), st);
+        });
+    }
+
+    /// Plugs a local container into the tables.
+    pub fn add_local(&mut self, ep: LocalEndpoint) {
+        let (vni, ip, mac, ifindex) = (ep.vni, ep.ip, ep.mac, ep.ifindex);
+        if let Some(old) = self.local.get(&ifindex).cloned() {
+            self.remove_local(old.ifindex);
+        }
+        self.at(vni, ip, |s| {
+            s.local.insert(ifindex, ep);
+            s.local_ip.insert((vni, ip), ifindex);
+            s.local_mac.insert((vni, mac), ifindex);
+        });
+        self.dirty.neigh.insert((vni, ip));
+        self.dirty.fdb.insert((vni, mac));
+        self.dirty.endpoints.insert(ifindex);
+        self.dirty.flood.insert(vni);
+    }
+
+    /// Takes a local container out of the tables; returns it if it was there.
+    pub fn remove_local(&mut self, ifindex: u32) -> Option<LocalEndpoint> {
+        let ep = self.local.get(&ifindex)?.clone();
+        let (vni, ip, mac) = (ep.vni, ep.ip, ep.mac);
+        self.at(vni, ip, |s| {
+            s.local.remove(&ifindex);
+            if s.local_ip.get(&(vni, ip)) == Some(&ifindex) {
+                s.local_ip.remove(&(vni, ip));
+            }
+            if s.local_mac.get(&(vni, mac)) == Some(&ifindex) {
+                s.local_mac.remove(&(vni, mac));
+            }
+        });
+        self.dirty.neigh.insert((vni, ip));
+        self.dirty.fdb.insert((vni, mac));
+        self.dirty.endpoints.insert(ifindex);
+        self.dirty.flood.insert(vni);
+        Some(ep)
+    }
+}

@@ -1,0 +1,1 @@
+//! The `dir` backend of [`super::kv::Kv`] (being written).

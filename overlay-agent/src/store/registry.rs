@@ -1,0 +1,278 @@
+//! Typed writes to the store, each one transaction whose conditions the store decides:
+//! registering a node (its name and VTEP address are unique among live agents),
+//! publishing and withdrawing endpoints (an IP and a MAC are unique in a network),
+//! static endpoints. A conflict is an error naming the holder, and changes nothing.
+
+use std::net::Ipv4Addr;
+
+use super::{
+    StoreError,
+    keys::Keys,
+    kv::{Cond, KeyValue, Kv, LeaseId, NO_LEASE, Txn, TxnOutcome},
+};
+use crate::{
+    mac::MacAddr,
+    records::{EndpointRecord, NodeRecord, StaticRecord, encode},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("IP {ip} is already used in network {network} (node {holder})")]
+    IpTaken { ip: Ipv4Addr, network: String, holder: String },
+    #[error("MAC {mac} is already used in network {network} (by {holder})")]
+    MacTaken { mac: MacAddr, network: String, holder: String },
+    #[error(
+        "node name {node:?} is held by another live agent (VTEP {vtep}); give this host another `node_name`, \
+         or stop that agent (`overlay-agent down` there) and wait for its lease to end"
+    )]
+    NodeNameHeld { node: String, vtep: Ipv4Addr },
+    #[error(
+        "VTEP address {vtep} is already claimed by live node {node}: two hosts with one underlay address, \
+         or a renamed node whose old agent still runs (stop it with `overlay-agent down`)"
+    )]
+    VtepClaimed { vtep: Ipv4Addr, node: String },
+    #[error("the store changed while {what}; try again")]
+    Raced { what: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How registration went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Under the lease given.
+    Fresh,
+    /// The node's record already existed under another live lease with this host's VTEP
+    /// (this agent's previous run, whose state was lost): that lease is adopted.
+    Adopted(LeaseId),
+}
+
+/// Who a key's value says holds it, for messages.
+fn holder_of(current: &Option<KeyValue>, keys: &Keys) -> String {
+    let Some(kv) = current else { return "someone who just left".into() };
+    if let Ok(e) = serde_json::from_slice::<EndpointRecord>(&kv.value) {
+        return e.node;
+    }
+    if let Ok(s) = serde_json::from_slice::<StaticRecord>(&kv.value) {
+        return format!("a static endpoint declared by {}", s.declared_by);
+    }
+    // Claims hold the key of their owner.
+    let value = String::from_utf8_lossy(&kv.value).into_owned();
+    match keys.parse(&value) {
+        Some(super::keys::Key::Endpoint(_, ip)) => format!("endpoint {ip}"),
+        Some(super::keys::Key::Static(_, ip)) => format!("static endpoint {ip}"),
+        _ => value,
+    }
+}
+
+/// Registers `record` under `lease`: creates the node key and the VTEP claim, updates
+/// them if this lease already holds them, adopts a lease that this host (same name,
+/// same VTEP) held in an earlier run.
+pub async fn register_node<K: Kv>(kv: &K, keys: &Keys, record: &NodeRecord, lease: LeaseId) -> Result<Registered, ClaimError> {
+    let node_key = keys.node(&record.node);
+    let vtep_key = keys.vtep_claim(record.vtep);
+    for _ in 0..3 {
+        let current = kv.get(&node_key).await?;
+        let txn = match &current {
+            Some(cur) if cur.lease == lease => {
+                // Ours: update the record; move the VTEP claim if the address changed.
+                let old = serde_json::from_slice::<NodeRecord>(&cur.value).ok();
+                let mut t = Txn::default().when(Cond::LeaseIs(node_key.clone(), lease));
+                if let Some(old) = old.filter(|o| o.vtep != record.vtep) {
+                    let old_claim = keys.vtep_claim(old.vtep);
+                    if kv.get(&old_claim).await?.is_some_and(|c| c.lease == lease) {
+                        t = t.delete(old_claim);
+                    }
+                }
+                match kv.get(&vtep_key).await? {
+                    Some(c) if c.lease == lease => {}
+                    Some(c) => return Err(ClaimError::VtepClaimed { vtep: record.vtep, node: String::from_utf8_lossy(&c.value).into() }),
+                    None => t = t.when(Cond::Absent(vtep_key.clone())).put(vtep_key.clone(), record.node.clone().into_bytes(), lease),
+                }
+                t.put(node_key.clone(), encode(record), lease)
+            }
+            Some(cur) => {
+                let theirs = serde_json::from_slice::<NodeRecord>(&cur.value).ok();
+                match theirs {
+                    Some(t) if t.vtep == record.vtep && kv.keep_alive(cur.lease).await? => {
+                        return Ok(Registered::Adopted(cur.lease));
+                    }
+                    Some(t) if t.vtep == record.vtep => continue, // it just expired
+                    Some(t) => return Err(ClaimError::NodeNameHeld { node: record.node.clone(), vtep: t.vtep }),
+                    None => return Err(ClaimError::NodeNameHeld { node: record.node.clone(), vtep: Ipv4Addr::UNSPECIFIED }),
+                }
+            }
+            None => Txn::default()
+                .when(Cond::Absent(node_key.clone()))
+                .when(Cond::Absent(vtep_key.clone()))
+                .put(node_key.clone(), encode(record), lease)
+                .put(vtep_key.clone(), record.node.clone().into_bytes(), lease),
+        };
+        match kv.txn(txn).await? {
+            TxnOutcome::Applied => return Ok(Registered::Fresh),
+            TxnOutcome::Failed { cond, current } if cond.key() == vtep_key => {
+                let node = current.map_or_else(String::new, |c| String::from_utf8_lossy(&c.value).into_owned());
+                return Err(ClaimError::VtepClaimed { vtep: record.vtep, node });
+            }
+            TxnOutcome::Failed { .. } => continue, // the node key changed meanwhile: look again
+        }
+    }
+    Err(ClaimError::Raced { what: "registering the node" })
+}
+
+/// Publishes a local endpoint under `lease`, claiming its IP and MAC in the network.
+/// Publishing what this lease already holds is a no-op; a changed MAC is replaced.
+pub async fn publish_endpoint<K: Kv>(
+    kv: &K,
+    keys: &Keys,
+    vni: u32,
+    ip: Ipv4Addr,
+    record: &EndpointRecord,
+    lease: LeaseId,
+) -> Result<(), ClaimError> {
+    let ep_key = keys.endpoint(vni, ip);
+    let mac_key = keys.mac_claim(vni, record.mac);
+    let value = encode(record);
+    if let Some(cur) = kv.get(&ep_key).await?
+        && cur.lease == lease
+    {
+        if cur.value == value {
+            return Ok(());
+        }
+        // This lease's older record of the same IP (a changed MAC): take it back first.
+        withdraw_endpoint(kv, keys, vni, ip, lease).await?;
+    }
+    let txn = Txn::default()
+        .when(Cond::Absent(ep_key.clone()))
+        .when(Cond::Absent(keys.static_endpoint(vni, ip)))
+        .when(Cond::Absent(mac_key.clone()))
+        .put(ep_key.clone(), value, lease)
+        .put(mac_key.clone(), ep_key.into_bytes(), lease);
+    match kv.txn(txn).await? {
+        TxnOutcome::Applied => Ok(()),
+        TxnOutcome::Failed { cond, current } if cond.key() == mac_key => {
+            Err(ClaimError::MacTaken { mac: record.mac, network: record.network.clone(), holder: holder_of(&current, keys) })
+        }
+        TxnOutcome::Failed { current, .. } => {
+            Err(ClaimError::IpTaken { ip, network: record.network.clone(), holder: holder_of(&current, keys) })
+        }
+    }
+}
+
+/// Withdraws an endpoint this lease published (and its MAC claim); fine if it is gone.
+pub async fn withdraw_endpoint<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Addr, lease: LeaseId) -> Result<(), StoreError> {
+    let ep_key = keys.endpoint(vni, ip);
+    let Some(cur) = kv.get(&ep_key).await? else { return Ok(()) };
+    if cur.lease != lease {
+        return Ok(()); // not ours (any more)
+    }
+    let mut txn = Txn::default().when(Cond::LeaseIs(ep_key.clone(), lease)).delete(ep_key.clone());
+    if let Ok(rec) = serde_json::from_slice::<EndpointRecord>(&cur.value) {
+        let mac_key = keys.mac_claim(vni, rec.mac);
+        if kv.get(&mac_key).await?.is_some_and(|c| c.value == ep_key.as_bytes()) {
+            txn = txn.delete(mac_key);
+        }
+    }
+    // A failed condition means someone else holds it now: nothing of ours to remove.
+    kv.txn(txn).await.map(drop)
+}
+
+/// Declares a static endpoint (under no lease), claiming its IP and MAC.
+pub async fn put_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Addr, record: &StaticRecord) -> Result<(), ClaimError> {
+    let key = keys.static_endpoint(vni, ip);
+    let mac_key = keys.mac_claim(vni, record.mac);
+    let txn = Txn::default()
+        .when(Cond::Absent(key.clone()))
+        .when(Cond::Absent(keys.endpoint(vni, ip)))
+        .when(Cond::Absent(mac_key.clone()))
+        .put(key.clone(), encode(record), NO_LEASE)
+        .put(mac_key.clone(), key.into_bytes(), NO_LEASE);
+    match kv.txn(txn).await? {
+        TxnOutcome::Applied => Ok(()),
+        TxnOutcome::Failed { cond, current } if cond.key() == mac_key => {
+            Err(ClaimError::MacTaken { mac: record.mac, network: record.network.clone(), holder: holder_of(&current, keys) })
+        }
+        TxnOutcome::Failed { current, .. } => {
+            Err(ClaimError::IpTaken { ip, network: record.network.clone(), holder: holder_of(&current, keys) })
+        }
+    }
+}
+
+/// Removes a static endpoint and its MAC claim; returns what was there.
+pub async fn del_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Addr) -> Result<Option<StaticRecord>, StoreError> {
+    let key = keys.static_endpoint(vni, ip);
+    let Some(cur) = kv.get(&key).await? else { return Ok(None) };
+    let record = serde_json::from_slice::<StaticRecord>(&cur.value).ok();
+    let mut txn = Txn::default().when(Cond::ValueIs(key.clone(), cur.value.clone())).delete(key.clone());
+    if let Some(r) = &record {
+        let mac_key = keys.mac_claim(vni, r.mac);
+        if kv.get(&mac_key).await?.is_some_and(|c| c.value == key.as_bytes()) {
+            txn = txn.delete(mac_key);
+        }
+    }
+    kv.txn(txn).await?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::dirkv::DirKv;
+    use std::time::Duration;
+
+    fn ep(node: &str, mac: &str) -> EndpointRecord {
+        EndpointRecord { node: node.into(), network: "blue".into(), mac: mac.parse().unwrap(), udp_port: 4789 }
+    }
+
+    #[tokio::test]
+    async fn uniqueness_is_decided_by_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = DirKv::open(dir.path()).await.unwrap();
+        let keys = Keys::new("/overlay/v1");
+        let (l1, l2) = (kv.grant(Duration::from_secs(30)).await.unwrap(), kv.grant(Duration::from_secs(30)).await.unwrap());
+        let h1 = NodeRecord { node: "h1".into(), vtep: [198, 51, 100, 1].into(), version: String::new() };
+        assert_eq!(register_node(&kv, &keys, &h1, l1).await.unwrap(), Registered::Fresh);
+        assert_eq!(register_node(&kv, &keys, &h1, l1).await.unwrap(), Registered::Fresh, "idempotent");
+        // Same name, another VTEP, another lease: refused.
+        let other = NodeRecord { vtep: [198, 51, 100, 9].into(), ..h1.clone() };
+        assert!(matches!(register_node(&kv, &keys, &other, l2).await, Err(ClaimError::NodeNameHeld { .. })));
+        // Same name and VTEP under another lease: this host's earlier run, adopted.
+        assert_eq!(register_node(&kv, &keys, &h1, l2).await.unwrap(), Registered::Adopted(l1));
+        // Another name with h1's VTEP: refused.
+        let h2 = NodeRecord { node: "h2".into(), ..h1.clone() };
+        assert!(matches!(register_node(&kv, &keys, &h2, l2).await, Err(ClaimError::VtepClaimed { .. })));
+        // h1 moves to a new VTEP: the old claim is released.
+        let moved = NodeRecord { vtep: [198, 51, 100, 11].into(), ..h1.clone() };
+        register_node(&kv, &keys, &moved, l1).await.unwrap();
+        assert!(kv.get(&keys.vtep_claim(h1.vtep)).await.unwrap().is_none());
+        let h2 = NodeRecord { node: "h2".into(), vtep: h1.vtep, version: String::new() };
+        register_node(&kv, &keys, &h2, l2).await.unwrap();
+
+        let ip = Ipv4Addr::new(10, 0, 10, 11);
+        publish_endpoint(&kv, &keys, 42, ip, &ep("h1", "02:42:0a:00:0a:0b"), l1).await.unwrap();
+        publish_endpoint(&kv, &keys, 42, ip, &ep("h1", "02:42:0a:00:0a:0b"), l1).await.unwrap();
+        let e = publish_endpoint(&kv, &keys, 42, ip, &ep("h2", "02:42:0a:00:0a:0c"), l2).await.unwrap_err();
+        assert!(matches!(&e, ClaimError::IpTaken { holder, .. } if holder == "h1"), "{e}");
+        let e = publish_endpoint(&kv, &keys, 42, Ipv4Addr::new(10, 0, 10, 12), &ep("h2", "02:42:0a:00:0a:0b"), l2).await.unwrap_err();
+        assert!(matches!(&e, ClaimError::MacTaken { holder, .. } if holder == "endpoint 10.0.10.11"), "{e}");
+        // Another network (VNI) is another address space.
+        publish_endpoint(&kv, &keys, 43, ip, &ep("h2", "02:42:0a:00:0a:0b"), l2).await.unwrap();
+        // A static endpoint cannot take a published IP, nor the other way round.
+        let st = StaticRecord { network: "blue".into(), mac: "0a:00:00:00:00:99".parse().unwrap(), vtep: [203, 0, 113, 9].into(), udp_port: 4789, declared_by: "h1".into() };
+        assert!(matches!(put_static(&kv, &keys, 42, ip, &st).await, Err(ClaimError::IpTaken { .. })));
+        let sip = Ipv4Addr::new(10, 0, 10, 99);
+        put_static(&kv, &keys, 42, sip, &st).await.unwrap();
+        assert!(matches!(publish_endpoint(&kv, &keys, 42, sip, &ep("h2", "02:42:0a:00:0a:63"), l2).await, Err(ClaimError::IpTaken { .. })));
+        // Withdrawing releases the IP and the MAC; only the owner's lease can.
+        withdraw_endpoint(&kv, &keys, 42, ip, l2).await.unwrap();
+        assert!(kv.get(&keys.endpoint(42, ip)).await.unwrap().is_some(), "not h2's to withdraw");
+        withdraw_endpoint(&kv, &keys, 42, ip, l1).await.unwrap();
+        assert!(kv.get(&keys.mac_claim(42, "02:42:0a:00:0a:0b".parse().unwrap())).await.unwrap().is_none());
+        publish_endpoint(&kv, &keys, 42, ip, &ep("h2", "02:42:0a:00:0a:0b"), l2).await.unwrap();
+        assert_eq!(del_static(&kv, &keys, 42, sip).await.unwrap(), Some(st.clone()));
+        assert_eq!(del_static(&kv, &keys, 42, sip).await.unwrap(), None);
+        // Revoking a lease removes all it held.
+        kv.revoke(l2).await.unwrap();
+        assert!(kv.list("/overlay/v1/").await.unwrap().iter().all(|k| k.lease != l2));
+    }
+}

@@ -1,0 +1,122 @@
+//! From the store's key-value events to typed record changes for [`Desired`]: keys are
+//! parsed, values decoded and validated; a record that fails is logged and treated as
+//! absent, never applied.
+//!
+//! [`Desired`]: crate::desired::Desired
+
+use std::collections::HashSet;
+
+use tracing::warn;
+
+use super::{
+    keys::{Key, Keys},
+    kv::{KeyValue, WatchEvent},
+};
+use crate::{
+    desired::{Record, RecordKey},
+    records::{EndpointRecord, NodeRecord, RecordError, StaticRecord},
+};
+
+/// A typed change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Everything, replacing what was known (see [`WatchEvent::Snapshot`]).
+    Snapshot(Vec<Record>),
+    Put(Record),
+    Delete(RecordKey),
+}
+
+fn record_key(key: &Key) -> RecordKey {
+    match key {
+        Key::Node(n) => RecordKey::Node(n.clone()),
+        Key::Endpoint(vni, ip) => RecordKey::Endpoint(*vni, *ip),
+        Key::Static(vni, ip) => RecordKey::Static(*vni, *ip),
+    }
+}
+
+fn decode(key: &Key, value: &[u8]) -> Result<Record, RecordError> {
+    Ok(match key {
+        Key::Node(n) => Record::Node(NodeRecord::decode(n, value)?),
+        Key::Endpoint(vni, ip) => Record::Endpoint(*vni, *ip, EndpointRecord::decode(*ip, value)?),
+        Key::Static(vni, ip) => Record::Static(*vni, *ip, StaticRecord::decode(*ip, value)?),
+    })
+}
+
+/// Decodes store events, remembering which keys it reported bad so each is logged once
+/// (a record rewritten in a loop cannot flood the log).
+#[derive(Debug)]
+pub struct Decoder {
+    keys: Keys,
+    bad: HashSet<String>,
+}
+
+impl Decoder {
+    pub fn new(keys: Keys) -> Self {
+        Self { keys, bad: HashSet::new() }
+    }
+
+    fn record(&mut self, kv: &KeyValue) -> Option<Result<Record, Key>> {
+        let key = self.keys.parse(&kv.key)?;
+        match decode(&key, &kv.value) {
+            Ok(r) => {
+                self.bad.remove(&kv.key);
+                Some(Ok(r))
+            }
+            Err(e) => {
+                if self.bad.insert(kv.key.clone()) {
+                    warn!(key = %kv.key, error = %e, "ignoring an invalid record in the store");
+                }
+                Some(Err(key))
+            }
+        }
+    }
+
+    pub fn decode(&mut self, event: WatchEvent) -> Option<Change> {
+        match event {
+            WatchEvent::Snapshot(kvs) => {
+                let records = kvs.iter().filter_map(|kv| self.record(kv)?.ok()).collect();
+                Some(Change::Snapshot(records))
+            }
+            WatchEvent::Put(kv) => Some(match self.record(&kv)? {
+                Ok(r) => Change::Put(r),
+                // A record that became invalid is gone as far as the datapath goes.
+                Err(key) => Change::Delete(record_key(&key)),
+            }),
+            WatchEvent::Delete(key) => {
+                self.bad.remove(&key);
+                Some(Change::Delete(record_key(&self.keys.parse(&key)?)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::encode;
+
+    #[test]
+    fn decodes_validates_and_ignores_strangers() {
+        let keys = Keys::new("/overlay/v1");
+        let mut d = Decoder::new(keys.clone());
+        let ip = std::net::Ipv4Addr::new(10, 0, 10, 11);
+        let rec = EndpointRecord { node: "h2".into(), network: "blue".into(), mac: "02:42:0a:00:0a:0b".parse().unwrap(), udp_port: 4789 };
+        let kv = |key: String, value: Vec<u8>| KeyValue { key, value, lease: 1 };
+        assert_eq!(
+            d.decode(WatchEvent::Put(kv(keys.endpoint(42, ip), encode(&rec)))),
+            Some(Change::Put(Record::Endpoint(42, ip, rec.clone())))
+        );
+        assert_eq!(
+            d.decode(WatchEvent::Put(kv(keys.endpoint(42, ip), b"{\"node\":7}".to_vec()))),
+            Some(Change::Delete(RecordKey::Endpoint(42, ip))),
+            "an invalid record is withdrawn"
+        );
+        assert_eq!(d.decode(WatchEvent::Put(kv(keys.vtep_claim(ip), b"h2".to_vec()))), None);
+        assert_eq!(d.decode(WatchEvent::Delete(keys.node("h2"))), Some(Change::Delete(RecordKey::Node("h2".into()))));
+        let snap = d.decode(WatchEvent::Snapshot(vec![
+            kv(keys.endpoint(42, ip), encode(&rec)),
+            kv(keys.node("h3"), b"not json".to_vec()),
+        ]));
+        assert_eq!(snap, Some(Change::Snapshot(vec![Record::Endpoint(42, ip, rec)])));
+    }
+}
