@@ -14,6 +14,7 @@
 //! links through netlink, never `/sys/class/net`).
 
 use std::{
+    sync::OnceLock,
     fs::File,
     os::fd::AsFd,
     path::{Path, PathBuf},
@@ -59,8 +60,15 @@ pub enum Rejoin {
     HostWithoutBpffs,
 }
 
+static REJOINED: OnceLock<Rejoin> = OnceLock::new();
+
+/// What [`rejoin_host_mount_ns`] found at start-up (`None` if it did not run).
+pub fn rejoined() -> Option<&'static Rejoin> {
+    REJOINED.get()
+}
+
 pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 fn mnt_ns(pid: &str) -> Option<PathBuf> {
@@ -81,6 +89,13 @@ fn parse_ppid(stat: &str) -> Option<i32> {
 
 /// See the module docs. Must run before the process starts any thread.
 pub fn rejoin_host_mount_ns() -> Result<Rejoin, BpffsError> {
+    let r = find_and_join()?;
+    // Only the first call counts (the binary calls it once).
+    let _first = REJOINED.set(r.clone()).is_ok();
+    Ok(r)
+}
+
+fn find_and_join() -> Result<Rejoin, BpffsError> {
     if is_bpffs(Path::new(paths::BPFFS_MOUNT)) {
         return Ok(Rejoin::NotNeeded);
     }

@@ -12,7 +12,9 @@ pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/overlay";
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// The control socket, inside `state_dir`.
 pub const SOCKET_NAME: &str = "agent.sock";
-/// Pinned maps, inside `bpffs_dir`.
+/// Pinned maps, inside `bpffs_dir` (then `v<layout version>/`).
 pub const MAPS_SUBDIR: &str = "maps";
+/// Pinned tcx links, inside `bpffs_dir`.
+pub const LINKS_SUBDIR: &str = "links";
 /// Named network namespaces (`ip netns`).
 pub const NETNS_RUN_DIR: &str = "/run/netns";

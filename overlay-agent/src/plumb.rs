@@ -45,12 +45,17 @@ pub enum PlumbError {
     },
     #[error("the new link {name} vanished while it was being set up")]
     Vanished { name: String },
+    #[error("no free host-side veth name for {ip} in VNI {vni} after {attempts} tries (links with those names belong to others)")]
+    NoFreeName { vni: u32, ip: Ipv4Addr, attempts: u32 },
 }
 
 /// What to plug in.
 #[derive(Debug, Clone)]
 pub struct PlugSpec {
+    /// The agent's node name: marks the host-side veth as this node's (its alias).
+    pub node: String,
     pub network: String,
+    pub vni: u32,
     pub netns: String,
     pub ifname: String,
     pub ip: Ipv4Addr,
@@ -71,23 +76,44 @@ pub struct Plugged {
     pub host_ifname: String,
 }
 
-/// Host-side veth names are derived from (network, IP), so a leftover from a crash is
-/// recognisable and a name never collides between two live endpoints. 15 bytes max.
-pub fn host_ifname(network: &str, ip: Ipv4Addr) -> String {
-    format!("ovl{:08x}", fnv1a(network, ip))
+/// How many names [`plug`] tries for one endpoint before giving up (each collision
+/// with a live link moves to the next).
+const NAME_ATTEMPTS: u32 = 16;
+
+/// The `attempt`-th candidate host-side veth name of endpoint (vni, ip): derived, so a
+/// leftover is recognisable, but never trusted alone: [`plug`] checks the alias of a
+/// link with that name before touching it. 15 bytes max.
+pub fn host_ifname(vni: u32, ip: Ipv4Addr, attempt: u32) -> String {
+    format!("ovl{:08x}", fnv1a(vni, ip, attempt))
 }
 
-fn temp_peer_name(network: &str, ip: Ipv4Addr) -> String {
-    format!("ovp{:08x}", fnv1a(network, ip))
+fn temp_peer_name(vni: u32, ip: Ipv4Addr, attempt: u32) -> String {
+    format!("ovp{:08x}", fnv1a(vni, ip, attempt))
 }
 
-fn fnv1a(network: &str, ip: Ipv4Addr) -> u32 {
+fn fnv1a(vni: u32, ip: Ipv4Addr, attempt: u32) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in network.bytes().chain([0]).chain(ip.octets()) {
+    for b in vni.to_be_bytes().into_iter().chain(ip.octets()).chain(attempt.to_be_bytes()) {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// The alias (`ip link ... alias`) that marks a host-side veth as node `node`'s
+/// endpoint (vni, ip): orphan sweeps and name collisions are decided by it.
+pub fn alias(node: &str, vni: u32, ip: Ipv4Addr) -> String {
+    format!("{ALIAS_PREFIX}{node}:{vni}:{ip}")
+}
+
+pub const ALIAS_PREFIX: &str = "overlay-agent:";
+
+/// The node and endpoint an alias names, if it is one of ours.
+pub fn parse_alias(alias: &str) -> Option<(&str, u32, Ipv4Addr)> {
+    let rest = alias.strip_prefix(ALIAS_PREFIX)?;
+    let (rest, ip) = rest.rsplit_once(':')?;
+    let (node, vni) = rest.rsplit_once(':')?;
+    Some((node, vni.parse().ok()?, ip.parse().ok()?))
 }
 
 pub fn check_ifname(ifname: &str) -> Result<(), PlumbError> {
@@ -138,17 +164,36 @@ pub async fn preflight(spec: &PlugSpec) -> Result<PathBuf, PlumbError> {
     Ok(path)
 }
 
+/// Picks the host-side and temporary peer names: the first candidate pair not used by a
+/// live link, or used by this very endpoint's leftover (same alias), which is removed.
+/// A link with another alias (another endpoint, another node's, a stranger's) is never
+/// touched.
+async fn free_names(host: &Netlink, spec: &PlugSpec) -> Result<(String, String), PlumbError> {
+    let mine = alias(&spec.node, spec.vni, spec.ip);
+    'attempts: for attempt in 0..NAME_ATTEMPTS {
+        let names = (host_ifname(spec.vni, spec.ip, attempt), temp_peer_name(spec.vni, spec.ip, attempt));
+        for name in [&names.0, &names.1] {
+            match host.link_by_name(name).await.map_err(nl("looking up links"))? {
+                None => {}
+                Some(l) if l.alias.as_deref() == Some(mine.as_str()) => {
+                    warn!(link = %name, "removing this endpoint's veth left behind by a previous agent run");
+                    host.delete_link(l.index).await.map_err(nl("removing a stale veth"))?;
+                }
+                Some(l) => {
+                    debug!(link = %name, alias = ?l.alias, attempt, "name taken by another link; trying the next");
+                    continue 'attempts;
+                }
+            }
+        }
+        return Ok(names);
+    }
+    Err(PlumbError::NoFreeName { vni: spec.vni, ip: spec.ip, attempts: NAME_ATTEMPTS })
+}
+
 /// Creates and configures the veth pair. On error, whatever was created is removed.
 pub async fn plug(host: &Netlink, spec: &PlugSpec) -> Result<Plugged, PlumbError> {
     let path = preflight(spec).await?;
-    let host_name = host_ifname(&spec.network, spec.ip);
-    let peer_name = temp_peer_name(&spec.network, spec.ip);
-    for stale in [&host_name, &peer_name] {
-        if host.link_by_name(stale).await.map_err(nl("looking up links"))?.is_some() {
-            warn!(link = %stale, "removing a veth left behind by a previous agent run");
-            host.delete_link_by_name(stale).await.map_err(nl("removing a stale veth"))?;
-        }
-    }
+    let (host_name, peer_name) = free_names(host, spec).await?;
     host.create_veth(&host_name, &peer_name).await.map_err(nl("creating the veth pair"))?;
     match configure(host, spec, &path, &host_name, &peer_name).await {
         Ok(p) => Ok(p),
@@ -202,28 +247,46 @@ async fn configure(
     })
     .await?;
 
-    host.set_link(host_link.index, LinkChange { mtu: Some(spec.host_mtu), up: Some(true), ..Default::default() })
-        .await
-        .map_err(nl("bringing the host-side veth up"))?;
+    host.set_link(
+        host_link.index,
+        LinkChange {
+            mtu: Some(spec.host_mtu),
+            up: Some(true),
+            alias: Some(alias(&spec.node, spec.vni, spec.ip)),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(nl("bringing the host-side veth up"))?;
     debug!(host = host_name, ifindex = host_link.index, netns = %spec.netns, "veth plugged");
     Ok(Plugged { host_ifindex: host_link.index, host_ifname: host_name.into() })
 }
 
-/// Whether `name` is a host-side veth name [`host_ifname`] produces.
-pub fn is_host_ifname(name: &str) -> bool {
-    name.len() == 11
-        && name.starts_with("ovl")
-        && name[3..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// This node's host-side veths, as their aliases say: (ifindex, name, vni, ip).
+pub async fn own_veths(host: &Netlink, node: &str) -> Result<Vec<(u32, String, u32, Ipv4Addr)>, PlumbError> {
+    let mut out = Vec::new();
+    for link in host.links().await.map_err(nl("listing links"))? {
+        if link.kind.as_deref() != Some("veth") {
+            continue;
+        }
+        if let Some((n, vni, ip)) = link.alias.as_deref().and_then(parse_alias)
+            && n == node
+        {
+            out.push((link.index, link.name.clone(), vni, ip));
+        }
+    }
+    Ok(out)
 }
 
-/// Deletes host-side veths a previous (crashed) agent left: endpoints do not survive
-/// an agent restart, so any veth with our naming is an orphan at start-up.
-pub async fn remove_orphans(host: &Netlink) -> Result<usize, PlumbError> {
+/// Deletes this node's host-side veths that are not in `keep` (by ifindex): endpoints a
+/// crashed agent plugged but never recorded. Never touches another node's or a
+/// stranger's link. Returns how many it removed.
+pub async fn remove_orphans(host: &Netlink, node: &str, keep: &std::collections::BTreeSet<u32>) -> Result<usize, PlumbError> {
     let mut removed = 0;
-    for link in host.links().await.map_err(nl("listing links"))? {
-        if is_host_ifname(&link.name) && link.kind.as_deref() == Some("veth") {
-            warn!(link = %link.name, "removing a veth left behind by a previous agent run");
-            host.delete_link(link.index).await.map_err(nl("removing an orphaned veth"))?;
+    for (index, name, vni, ip) in own_veths(host, node).await? {
+        if !keep.contains(&index) {
+            warn!(link = %name, vni, %ip, "removing a veth this node plugged but no longer knows");
+            host.delete_link(index).await.map_err(nl("removing an orphaned veth"))?;
             removed += 1;
         }
     }
@@ -241,19 +304,22 @@ mod tests {
 
     #[test]
     fn host_names_are_short_stable_and_distinct() {
-        let a = host_ifname("blue", Ipv4Addr::new(10, 0, 10, 10));
+        let ip = Ipv4Addr::new(10, 0, 10, 10);
+        let a = host_ifname(42, ip, 0);
         assert_eq!(a.len(), 11);
-        assert_eq!(a, host_ifname("blue", Ipv4Addr::new(10, 0, 10, 10)));
-        assert_ne!(a, host_ifname("red", Ipv4Addr::new(10, 0, 10, 10)));
-        assert_ne!(a, host_ifname("blue", Ipv4Addr::new(10, 0, 10, 11)));
-        assert_ne!(a[3..], temp_peer_name("blue", Ipv4Addr::new(10, 0, 10, 11))[3..]);
+        assert_eq!(a, host_ifname(42, ip, 0));
+        assert_ne!(a, host_ifname(43, ip, 0));
+        assert_ne!(a, host_ifname(42, Ipv4Addr::new(10, 0, 10, 11), 0));
+        assert_ne!(a, host_ifname(42, ip, 1), "another attempt, another name");
+        assert_ne!(a[3..], temp_peer_name(42, Ipv4Addr::new(10, 0, 10, 11), 0)[3..]);
     }
 
     #[test]
-    fn recognises_its_own_host_ifnames() {
-        assert!(is_host_ifname(&host_ifname("blue", Ipv4Addr::new(10, 0, 10, 10))));
-        for other in ["eth0", "ovl", "ovlzzzzzzzz", "ovl0000000000", "ovp0000abcd", "ovbr42"] {
-            assert!(!is_host_ifname(other), "{other}");
+    fn aliases_round_trip() {
+        let ip = Ipv4Addr::new(10, 0, 10, 10);
+        assert_eq!(parse_alias(&alias("h-1:x", 42, ip)), Some(("h-1:x", 42, ip)));
+        for other in ["", "overlay-agent:h1", "overlay-agent:h1:x:10.0.0.1", "something else"] {
+            assert_eq!(parse_alias(other), None, "{other}");
         }
     }
 

@@ -74,6 +74,10 @@ pub struct AgentState {
     /// Endpoints deleted while the store was unreachable: (VNI, IP) still to withdraw.
     #[serde(default)]
     pub pending_withdrawals: Vec<(u32, Ipv4Addr)>,
+    /// The agent added the underlay's `clsact` qdisc (netlink attach, before Linux
+    /// 6.6): `down` removes it, and only then.
+    #[serde(default)]
+    pub clsact_added: bool,
 }
 
 impl AgentState {
@@ -86,6 +90,7 @@ impl AgentState {
             store: String::new(),
             endpoints: Vec::new(),
             pending_withdrawals: Vec::new(),
+            clsact_added: false,
         }
     }
 }

@@ -25,6 +25,11 @@ pub mod maps {
     pub const FLOOD: &str = "OVL_FLOOD";
     /// Every map the agent pins, in dump order.
     pub const ALL: [&str; 7] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, CONFIG, STATS];
+    /// The layout of every map's key and value, and what they mean. Pins live under
+    /// `maps/v<LAYOUT_VERSION>/`: bump this whenever a map type below changes, so that
+    /// an upgraded agent builds new maps (filled before its programs take over) instead
+    /// of reading the old ones with the new layout. A test pins the sizes.
+    pub const LAYOUT_VERSION: u32 = 1;
 }
 
 /// Program (function) names in the eBPF object.

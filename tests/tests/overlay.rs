@@ -272,8 +272,8 @@ fn endpoint_del_converges_on_other_hosts() {
     let h2 = lab.dump(1);
     assert!(gone(&h2) && !h2.endpoints.iter().any(|e| e.ip == b2.ip), "h2 still has b2: {h2:?}");
     let links = lab.host(1).ns.netlink(|nl| async move { nl.links().await.unwrap() });
-    let host_if = overlay_agent::plumb::host_ifname("blue", b2.ip);
-    assert!(!links.iter().any(|l| l.name == host_if), "b2's veth {host_if} still exists on h2");
+    let alias = overlay_agent::plumb::alias(&lab.nodes[1].name, BLUE.vni, b2.ip);
+    assert!(!links.iter().any(|l| l.alias.as_deref() == Some(alias.as_str())), "b2's veth ({alias}) still exists on h2: {links:?}");
     let r = ping(&b1.ns, b2.ip, 1, Duration::from_millis(500));
     assert_eq!(r.received, 0, "b2 still reachable after endpoint del");
     // The rest of the network is untouched.

@@ -9,7 +9,10 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::DatapathStatus, mac::MacAddr};
+use crate::{
+    datapath::{DatapathStatus, TableUsage},
+    mac::MacAddr,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointSpec {
@@ -41,6 +44,8 @@ pub enum Request {
     RemoteAdd(RemoteSpec),
     RemoteDel { network: String, ip: Ipv4Addr },
     Status,
+    /// Remove everything this node made (datapath, veths, store records, lease) and exit.
+    Down,
 }
 
 /// Where an endpoint lives, as `endpoint list` shows it.
@@ -78,6 +83,10 @@ pub struct EndpointInfo {
     pub netns: Option<String>,
     pub ifname: Option<String>,
     pub host_ifname: Option<String>,
+    /// Local only: why the store does not hold it (a conflict found when re-registering),
+    /// `None` when it is published.
+    #[serde(default)]
+    pub unpublished: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +107,26 @@ pub struct PeerInfo {
     pub endpoints: usize,
 }
 
+/// The store as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// Backend and location.
+    pub backend: String,
+    /// `connected`, or `disconnected`.
+    pub state: String,
+    /// Since when disconnected (RFC 3339, UTC).
+    pub disconnected_since: Option<String>,
+    /// The node's lease, in hex (etcd's notation), `None` before registration.
+    pub lease: Option<String>,
+    pub lease_ttl_secs: u64,
+    /// The node record and every endpoint are in the store.
+    pub registered: bool,
+    /// The first full list of the store has been applied to the datapath.
+    pub synced: bool,
+    /// Endpoint deletions still to be withdrawn from the store (made while unreachable).
+    pub pending_withdrawals: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusInfo {
     pub node: String,
@@ -105,8 +134,10 @@ pub struct StatusInfo {
     pub underlay_interface: String,
     pub underlay_mtu: u32,
     pub datapath: DatapathStatus,
+    /// Fill levels of the datapath's tables.
+    pub tables: Vec<TableUsage>,
     pub static_endpoints: usize,
-    pub store: String,
+    pub store: StoreInfo,
     pub networks: Vec<NetworkInfo>,
     pub peers: Vec<PeerInfo>,
     pub uptime_secs: u64,
@@ -119,6 +150,8 @@ pub enum Response {
     Deleted(EndpointInfo),
     Endpoints { endpoints: Vec<EndpointInfo> },
     Status(StatusInfo),
+    /// `down` is done: the agent removed everything and exits.
+    Down { removed: Vec<String> },
     Error { message: String },
 }
 

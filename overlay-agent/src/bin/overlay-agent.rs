@@ -5,11 +5,25 @@ use overlay_agent::cli::{Cli, args::Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Before any thread exists (setns into a mount namespace requires it): under `ip
+    // netns exec`, rejoin the host's mount namespace so that pins land on the host's
+    // bpffs. Relative paths are resolved first, against the directory we started in.
+    let rejoin = overlay_agent::bpffs::absolute(&cli.config)
+        .map(|abs| cli.config = abs)
+        .and_then(|()| overlay_agent::bpffs::rejoin_host_mount_ns());
     // The daemon logs at info by default; CLI commands only warn, so their output stays clean.
     let default = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match rejoin {
+        Ok(overlay_agent::bpffs::Rejoin::Joined { pid }) => tracing::info!(
+            pid,
+            "this process had a private /sys without the host's bpffs (ip netns exec); joined the mount namespace of pid {pid}"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "finding the host's bpffs"),
+    }
     match overlay_agent::cli::execute(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

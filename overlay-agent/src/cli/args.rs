@@ -18,7 +18,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent (daemon) until SIGTERM/SIGINT.
+    /// Run the agent (daemon) until SIGTERM/SIGINT, which leave the datapath running.
     Run(RunArgs),
     /// Plug containers in and out, list endpoints.
     #[command(subcommand)]
@@ -29,8 +29,11 @@ pub enum Command {
     /// Inspect the datapath's maps.
     #[command(subcommand)]
     Map(MapCommand),
-    /// Show the running agent's state: node, datapath mode, networks, peers.
+    /// Show the running agent's state: node, datapath mode, store, networks, peers.
     Status(OutputArgs),
+    /// Remove everything this node made (datapath, veths, devices, pins, store records
+    /// and lease) and stop the agent; works with the agent stopped too.
+    Down(OutputArgs),
 }
 
 #[derive(Debug, Subcommand)]

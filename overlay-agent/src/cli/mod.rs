@@ -2,6 +2,7 @@
 //! Data is fetched into `Serialize` structs first, then rendered as tables or JSON.
 
 pub mod args;
+mod down;
 mod endpoint;
 mod map;
 mod render;
@@ -32,5 +33,6 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Remote(RemoteCommand::Del(a)) => endpoint::remote_del(&load()?, a),
         Command::Map(MapCommand::Dump(o)) => map::dump(&load()?, o),
         Command::Status(o) => status::execute(&load()?, o),
+        Command::Down(o) => down::execute(&load()?, o),
     }
 }

@@ -22,7 +22,21 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
     println!("node:      {}", s.node);
     println!("vtep:      {} on {} (mtu {})", s.vtep, s.underlay_interface, s.underlay_mtu);
     println!("datapath:  {} ({})", s.datapath.mode, s.datapath.detail);
-    println!("store:     {} ({} static endpoints)", s.store, s.static_endpoints);
+    let st = &s.store;
+    let conn = match &st.disconnected_since {
+        Some(since) => format!("disconnected since {since}"),
+        None => st.state.clone(),
+    };
+    println!(
+        "store:     {} ({conn}; lease {} ttl {}s; {}{}; {} static endpoints{})",
+        st.backend,
+        st.lease.as_deref().unwrap_or("none"),
+        st.lease_ttl_secs,
+        if st.registered { "registered" } else { "not registered" },
+        if st.synced { ", synced" } else { ", syncing" },
+        s.static_endpoints,
+        if st.pending_withdrawals > 0 { format!(", {} withdrawals pending", st.pending_withdrawals) } else { String::new() },
+    );
     println!("uptime:    {}s", s.uptime_secs);
     let mut t = table(&["NETWORK", "VNI", "SUBNET", "UDP PORT", "MTU", "LOCAL", "REMOTE"]);
     for n in &s.networks {
@@ -34,6 +48,16 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
             n.mtu.to_string(),
             n.local_endpoints.to_string(),
             n.remote_endpoints.to_string(),
+        ]);
+    }
+    println!("{t}");
+    let mut t = table(&["TABLE", "ENTRIES", "CAPACITY", "NOT INSTALLED"]);
+    for u in &s.tables {
+        t.add_row(vec![
+            u.name.clone(),
+            u.entries.to_string(),
+            u.capacity.map_or("-".into(), |c| c.to_string()),
+            u.not_installed.to_string(),
         ]);
     }
     println!("{t}");

@@ -60,44 +60,43 @@ pub struct NetSpec {
     pub mtu: u32,
 }
 
-/// Deletes this agent's devices for `vnis` if they exist: leftovers of a crash or of
-/// the other datapath mode.
-pub async fn remove_stale(nl: &Netlink, vnis: impl IntoIterator<Item = u32>) -> Result<(), DeviceError> {
+/// Deletes this agent's devices for `vnis` if they exist (a mode switch, `down`).
+pub async fn remove_named(nl: &Netlink, vnis: impl IntoIterator<Item = u32>) -> Result<(), DeviceError> {
     for vni in vnis {
         for name in [vxlan_name(vni), bridge_name(vni)] {
             if nl.link_by_name(&name).await.map_err(nl_err("looking up", &name))?.is_some() {
-                warn!(device = %name, "removing a device left by a previous agent run");
                 nl.delete_link_by_name(&name).await.map_err(nl_err("deleting", &name))?;
+                info!(device = %name, "device removed");
             }
         }
     }
     Ok(())
 }
 
-/// Creates the devices of every network (replacing stale ones); with `bridged`, a
-/// bridge per network with the VXLAN device as a port and ARP proxying on (the kernel
-/// answers ARP from the neighbour entries the agent installs).
-/// On error, whatever was created is deleted again.
-pub async fn create(
+/// Makes the devices of every network exist as `nets` says, adopting those already
+/// there with the right settings (a restart: their FDB and neighbour entries stay) and
+/// replacing those with other settings. With `bridged`, a bridge per network with the
+/// VXLAN device as a port and ARP proxying on (the kernel answers ARP from the
+/// neighbour entries the agent installs); without, a bridge left by kernel mode goes.
+/// On error, whatever this call created is deleted again.
+pub async fn ensure(
     nl: &Netlink,
     vtep: Ipv4Addr,
     underlay_index: u32,
     nets: &[NetSpec],
     bridged: bool,
 ) -> Result<BTreeMap<u32, NetDevices>, DeviceError> {
-    remove_stale(nl, nets.iter().map(|n| n.vni)).await?;
     let mut made = BTreeMap::new();
     for net in nets {
-        match create_one(nl, vtep, underlay_index, net, bridged).await {
-            Ok(d) => {
+        match ensure_one(nl, vtep, underlay_index, net, bridged).await {
+            Ok((d, _created)) => {
                 made.insert(net.vni, d);
             }
             Err(e) => {
-                // The half-made network's devices carry predictable names.
-                if let Err(undo) = remove_stale(nl, [net.vni]).await {
+                // Half-made devices carry predictable names.
+                if let Err(undo) = remove_named(nl, [net.vni]).await {
                     warn!(error = %undo, "undo: removing half-made devices");
                 }
-                destroy(nl, &made).await;
                 return Err(e);
             }
         }
@@ -105,13 +104,26 @@ pub async fn create(
     Ok(made)
 }
 
-async fn create_one(
+/// Whether the existing VXLAN device `index` is the one `spec` describes.
+async fn matches(nl: &Netlink, index: u32, spec: &VxlanSpec) -> Result<bool, DeviceError> {
+    let info = nl.vxlan_info(index).await.map_err(nl_err("reading the VXLAN settings", &spec.name))?;
+    Ok(info.is_some_and(|i| {
+        i.vni == spec.vni
+            && i.port == spec.port
+            && i.local == spec.local
+            && i.underlay_index == spec.underlay_index
+            && i.learning == spec.learning
+            && i.proxy == spec.proxy
+    }))
+}
+
+async fn ensure_one(
     nl: &Netlink,
     vtep: Ipv4Addr,
     underlay_index: u32,
     net: &NetSpec,
     bridged: bool,
-) -> Result<NetDevices, DeviceError> {
+) -> Result<(NetDevices, bool), DeviceError> {
     let name = vxlan_name(net.vni);
     let spec = VxlanSpec {
         name: name.clone(),
@@ -123,13 +135,38 @@ async fn create_one(
         proxy: bridged,
         mtu: Some(net.mtu),
     };
-    nl.create_vxlan(&spec).await.map_err(nl_err("creating the VXLAN device", &name))?;
-    let vxlan_index = index_of(nl, &name).await?;
+    let existing = nl.link_by_name(&name).await.map_err(nl_err("looking up", &name))?;
+    let mut created = false;
+    let vxlan_index = match existing {
+        Some(l) if matches(nl, l.index, &spec).await? => {
+            debug!(device = %name, "adopting the VXLAN device");
+            l.index
+        }
+        other => {
+            if let Some(l) = other {
+                warn!(device = %name, "replacing a VXLAN device with other settings (the VTEP, port or mode changed)");
+                nl.delete_link(l.index).await.map_err(nl_err("deleting", &name))?;
+            }
+            nl.create_vxlan(&spec).await.map_err(nl_err("creating the VXLAN device", &name))?;
+            created = true;
+            index_of(nl, &name).await?
+        }
+    };
+    let br = bridge_name(net.vni);
+    let existing_bridge = nl.link_by_name(&br).await.map_err(nl_err("looking up", &br))?;
     let mut bridge_index = None;
     if bridged {
-        let br = bridge_name(net.vni);
-        nl.create_bridge(&br).await.map_err(nl_err("creating the bridge", &br))?;
-        let idx = index_of(nl, &br).await?;
+        let idx = match existing_bridge {
+            Some(b) if b.kind.as_deref() == Some("bridge") => b.index,
+            other => {
+                if let Some(b) = other {
+                    nl.delete_link(b.index).await.map_err(nl_err("deleting", &br))?;
+                }
+                nl.create_bridge(&br).await.map_err(nl_err("creating the bridge", &br))?;
+                created = true;
+                index_of(nl, &br).await?
+            }
+        };
         nl.set_link(idx, LinkChange { mtu: Some(net.mtu), up: Some(true), ..Default::default() })
             .await
             .map_err(nl_err("bringing the bridge up", &br))?;
@@ -137,12 +174,17 @@ async fn create_one(
             .await
             .map_err(nl_err("adding the VXLAN device to the bridge", &name))?;
         bridge_index = Some(idx);
+    } else if let Some(b) = existing_bridge {
+        // Kernel mode's bridge, from before a switch to eBPF mode.
+        nl.delete_link(b.index).await.map_err(nl_err("deleting", &br))?;
     }
-    nl.set_link(vxlan_index, LinkChange { up: Some(true), ..Default::default() })
+    nl.set_link(vxlan_index, LinkChange { mtu: Some(net.mtu), up: Some(true), ..Default::default() })
         .await
         .map_err(nl_err("bringing the VXLAN device up", &name))?;
-    info!(device = %name, vni = net.vni, port = net.udp_port, bridged, "VXLAN device ready");
-    Ok(NetDevices { vni: net.vni, udp_port: net.udp_port, vxlan_index, bridge_index })
+    if created {
+        info!(device = %name, vni = net.vni, port = net.udp_port, bridged, "VXLAN device ready");
+    }
+    Ok((NetDevices { vni: net.vni, udp_port: net.udp_port, vxlan_index, bridge_index }, created))
 }
 
 async fn index_of(nl: &Netlink, name: &str) -> Result<u32, DeviceError> {
@@ -169,32 +211,49 @@ pub async fn destroy(nl: &Netlink, devs: &BTreeMap<u32, NetDevices>) -> Vec<Devi
     errors
 }
 
-/// Keeps the all-zero-MAC FDB entries (one per remote VTEP of each network) equal to
-/// `desired`; `applied` is what is installed now and is updated as entries change.
+/// The all-zero-MAC FDB entries (remote VTEPs) the kernel holds now on each network's
+/// VXLAN device.
+pub async fn read_flood(nl: &Netlink, devs: &BTreeMap<u32, NetDevices>) -> Result<BTreeMap<u32, BTreeSet<(Ipv4Addr, u16)>>, DeviceError> {
+    let mut out = BTreeMap::new();
+    for d in devs.values() {
+        let name = vxlan_name(d.vni);
+        let entries = nl.fdb_entries(d.vxlan_index).await.map_err(nl_err("reading the FDB", &name))?;
+        let set = entries
+            .into_iter()
+            .filter(|e| e.mac == FLOOD_MAC)
+            .filter_map(|e| Some((e.dst?, e.port.unwrap_or(d.udp_port))))
+            .collect();
+        out.insert(d.vni, set);
+    }
+    Ok(out)
+}
+
+/// Makes network `vni`'s all-zero-MAC FDB entries (one per remote VTEP, for broadcast
+/// and unknown unicast) equal `desired`; `applied` is what is installed and is kept up
+/// to date as entries change. Returns how many entries changed.
 pub async fn sync_flood(
     nl: &Netlink,
-    devs: &BTreeMap<u32, NetDevices>,
-    desired: &BTreeSet<(u32, Ipv4Addr, u16)>,
-    applied: &mut BTreeSet<(u32, Ipv4Addr, u16)>,
-) -> Result<(), DeviceError> {
-    for &(vni, vtep, port) in desired.difference(&applied.clone()) {
-        let Some(d) = devs.get(&vni) else { continue };
-        let name = vxlan_name(vni);
-        nl.fdb_append(d.vxlan_index, FLOOD_MAC, vtep, Some(vni), Some(port))
+    dev: &NetDevices,
+    desired: &BTreeSet<(Ipv4Addr, u16)>,
+    applied: &mut BTreeSet<(Ipv4Addr, u16)>,
+) -> Result<usize, DeviceError> {
+    let name = vxlan_name(dev.vni);
+    let mut changed = 0;
+    for &(vtep, port) in desired.difference(&applied.clone()) {
+        nl.fdb_append(dev.vxlan_index, FLOOD_MAC, vtep, Some(dev.vni), Some(port))
             .await
             .map_err(nl_err("adding a flood entry", &name))?;
-        applied.insert((vni, vtep, port));
-        debug!(vni, %vtep, port, "flood entry added");
+        applied.insert((vtep, port));
+        changed += 1;
+        debug!(vni = dev.vni, %vtep, port, "flood entry added");
     }
-    for &(vni, vtep, port) in applied.clone().difference(desired) {
-        if let Some(d) = devs.get(&vni) {
-            let name = vxlan_name(vni);
-            nl.fdb_del(d.vxlan_index, FLOOD_MAC, Some(vtep), Some(vni), Some(port))
-                .await
-                .map_err(nl_err("removing a flood entry", &name))?;
-        }
-        applied.remove(&(vni, vtep, port));
-        debug!(vni, %vtep, "flood entry removed");
+    for &(vtep, port) in applied.clone().difference(desired) {
+        nl.fdb_del(dev.vxlan_index, FLOOD_MAC, Some(vtep), Some(dev.vni), Some(port))
+            .await
+            .map_err(nl_err("removing a flood entry", &name))?;
+        applied.remove(&(vtep, port));
+        changed += 1;
+        debug!(vni = dev.vni, %vtep, "flood entry removed");
     }
-    Ok(())
+    Ok(changed)
 }

@@ -1,6 +1,7 @@
 //! `map dump` for whichever datapath runs: the pinned maps in eBPF mode, otherwise the
 //! kernel's own neighbour and FDB tables of the networks' devices, read over netlink
-//! and shown in the same tables. Works whether or not the daemon is running.
+//! and shown in the same tables. Works whether or not the daemon is running, and
+//! without the store: local endpoints come from the agent's state in `state_dir`.
 
 use std::path::PathBuf;
 
@@ -9,11 +10,10 @@ use super::{
     pinned::{self, EndpointRow, FdbRow, FloodRow, MapDump, NeighRow, NetworkRow, PinnedError},
 };
 use crate::{
-    config::{Backend, Config},
+    config::Config,
     mac::MacAddr,
     netlink::{Netlink, NetlinkError},
-    plumb,
-    store::dir,
+    state::{self, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +27,14 @@ pub enum InspectError {
     NotRunning { node: String, pins: PathBuf, bridge: String },
     #[error("reading the kernel's tables: {0}")]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Dumps the datapath of `config`'s node from this network namespace.
 pub async fn dump(config: &Config) -> Result<MapDump, InspectError> {
-    match pinned::dump(&config.maps_dir()) {
+    let maps_dir = super::ebpf::maps_dir(&config.bpffs_dir);
+    match pinned::dump(&maps_dir) {
         Ok(d) => return Ok(d),
         Err(PinnedError::NotPinned { .. }) => {}
         Err(e) => return Err(e.into()),
@@ -41,7 +44,7 @@ pub async fn dump(config: &Config) -> Result<MapDump, InspectError> {
     if nl.link_by_name(&devices::bridge_name(first)).await?.is_none() {
         return Err(InspectError::NotRunning {
             node: config.node_name.clone(),
-            pins: config.maps_dir(),
+            pins: maps_dir,
             bridge: devices::bridge_name(first),
         });
     }
@@ -49,11 +52,8 @@ pub async fn dump(config: &Config) -> Result<MapDump, InspectError> {
 }
 
 async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectError> {
-    // The kernel has no notion of "our" endpoints: take them from this node's record.
-    let own = match &config.store.backend {
-        Backend::Dir { path } => dir::read_node(path, &config.node_name),
-        Backend::Etcd(_) => None,
-    };
+    // The kernel has no notion of "our" endpoints: take them from the agent's state.
+    let own = state::load(&config.state_dir, &config.node_name)?.map(|s| s.endpoints).unwrap_or_default();
     let mut d = MapDump {
         datapath: "kernel".into(),
         pin_dir: PathBuf::from("(kernel neighbour and FDB tables)"),
@@ -73,9 +73,8 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
             udp_port: info.map_or(net.udp_port, |i| i.port),
             mtu: vx.mtu as u16,
         });
-        for ep in own.iter().flat_map(|r| r.endpoints.iter()).filter(|e| e.vni == net.vni) {
-            let host_if = plumb::host_ifname(&ep.network, ep.ip);
-            let ifindex = nl.link_by_name(&host_if).await?.map_or(0, |l| l.index);
+        for ep in own.iter().filter(|e| e.vni == net.vni) {
+            let ifindex = nl.link_by_name(&ep.host_ifname).await?.map_or(0, |l| l.index);
             d.endpoints.push(EndpointRow { ifindex, vni: ep.vni, ip: ep.ip, mac: ep.mac });
             d.neighbours.push(NeighRow { vni: ep.vni, ip: ep.ip, mac: ep.mac });
             d.fdb.push(FdbRow {

@@ -5,31 +5,44 @@
 //! VXLAN device (IP → MAC, so `proxy` answers ARP locally and no ARP crosses the
 //! underlay) and an FDB entry (MAC → VTEP, `self`, VNI, port); one all-zero-MAC entry
 //! per remote VTEP replicates broadcast and unknown unicast head-end.
+//!
+//! All of it stays in the kernel when the agent stops; the next start adopts the
+//! devices and reads their tables back. [`KernelDatapath::resync`] compares the tables
+//! with what they should hold and repairs them; the agent runs it periodically, since
+//! the kernel drops a device's neighbour entries when it goes down and up.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
 use tracing::{debug, info, warn};
 
 use super::{
-    Datapath, DatapathError, DatapathStatus, Forwarding, LocalEndpoint,
+    Applied, Datapath, DatapathError, DatapathStatus, Desired, Dirty, LocalEndpoint, TableUsage,
     devices::{self, DeviceError, NetDevices, NetSpec},
 };
-use crate::netlink::{LinkChange, Netlink, NetlinkError};
+use crate::{
+    mac::MacAddr,
+    netlink::{LinkChange, Netlink, NetlinkError},
+};
 
 /// Where a remote MAC is: (VTEP, UDP port).
 type FdbTarget = (Ipv4Addr, u16);
 
 pub struct KernelDatapath {
     nl: Netlink,
+    vtep: Ipv4Addr,
+    underlay_index: u32,
+    nets: Vec<NetSpec>,
     devs: BTreeMap<u32, NetDevices>,
     /// (VNI, IP) → MAC installed as neighbour entries.
-    neigh: BTreeMap<(u32, Ipv4Addr), [u8; 6]>,
+    neigh: HashMap<(u32, Ipv4Addr), MacAddr>,
     /// (VNI, MAC) → target installed as unicast FDB entries.
-    fdb: BTreeMap<(u32, [u8; 6]), FdbTarget>,
-    flood: BTreeSet<(u32, Ipv4Addr, u16)>,
+    fdb: HashMap<(u32, MacAddr), FdbTarget>,
+    flood: BTreeMap<u32, BTreeSet<(Ipv4Addr, u16)>>,
+    /// The first full sync has happened: entries derived from the store may be removed.
+    synced: bool,
     reason: String,
 }
 
@@ -38,8 +51,8 @@ fn nl_err(step: &'static str, device: String) -> impl FnOnce(NetlinkError) -> Da
 }
 
 impl KernelDatapath {
-    /// Builds the devices of every network. `reason` says why this mode runs (shown by
-    /// `status`).
+    /// Builds (or adopts) the devices of every network and reads their tables. `reason`
+    /// says why this mode runs (shown by `status`).
     pub async fn start(
         nl: Netlink,
         vtep: Ipv4Addr,
@@ -47,19 +60,146 @@ impl KernelDatapath {
         nets: &[NetSpec],
         reason: String,
     ) -> Result<Self, DatapathError> {
-        let devs = devices::create(&nl, vtep, underlay_index, nets, true).await?;
-        info!(networks = devs.len(), %reason, "kernel VXLAN datapath ready");
-        Ok(Self { nl, devs, neigh: BTreeMap::new(), fdb: BTreeMap::new(), flood: BTreeSet::new(), reason })
+        let devs = devices::ensure(&nl, vtep, underlay_index, nets, true).await?;
+        let mut dp = Self {
+            nl,
+            vtep,
+            underlay_index,
+            nets: nets.to_vec(),
+            devs,
+            neigh: HashMap::new(),
+            fdb: HashMap::new(),
+            flood: BTreeMap::new(),
+            synced: false,
+            reason,
+        };
+        dp.read_tables().await?;
+        info!(networks = dp.devs.len(), neigh = dp.neigh.len(), fdb = dp.fdb.len(), reason = %dp.reason, "kernel VXLAN datapath ready");
+        Ok(dp)
     }
 
-    fn vxlan(&self, vni: u32) -> Option<u32> {
-        self.devs.get(&vni).map(|d| d.vxlan_index)
+    /// Reads the neighbour, FDB and flood entries the kernel holds now.
+    async fn read_tables(&mut self) -> Result<(), DatapathError> {
+        self.neigh.clear();
+        self.fdb.clear();
+        for d in self.devs.values() {
+            let name = devices::vxlan_name(d.vni);
+            for n in self.nl.neighbours(d.vxlan_index).await.map_err(nl_err("reading neighbours", name.clone()))? {
+                if let (Some(mac), true) = (n.mac, n.permanent) {
+                    self.neigh.insert((d.vni, n.ip), MacAddr(mac));
+                }
+            }
+            for f in self.nl.fdb_entries(d.vxlan_index).await.map_err(nl_err("reading the FDB", name))? {
+                if let (Some(dst), false) = (f.dst, f.mac == devices::FLOOD_MAC) {
+                    self.fdb.insert((d.vni, MacAddr(f.mac)), (dst, f.port.unwrap_or(d.udp_port)));
+                }
+            }
+        }
+        self.flood = devices::read_flood(&self.nl, &self.devs).await?;
+        Ok(())
+    }
+
+    async fn set_neigh(&mut self, vni: u32, ip: Ipv4Addr, mac: Option<MacAddr>) -> Result<bool, DatapathError> {
+        let Some(dev) = self.devs.get(&vni).map(|d| d.vxlan_index) else { return Ok(false) };
+        if self.neigh.get(&(vni, ip)).copied() == mac {
+            return Ok(false);
+        }
+        let name = devices::vxlan_name(vni);
+        match mac {
+            Some(mac) => {
+                self.nl.neigh_replace(dev, ip, mac.0).await.map_err(nl_err("adding a neighbour entry", name))?;
+                self.neigh.insert((vni, ip), mac);
+            }
+            None => {
+                self.nl.neigh_del(dev, ip).await.map_err(nl_err("removing a neighbour entry", name))?;
+                self.neigh.remove(&(vni, ip));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn set_fdb(&mut self, vni: u32, mac: MacAddr, target: Option<FdbTarget>) -> Result<bool, DatapathError> {
+        let Some(dev) = self.devs.get(&vni).map(|d| d.vxlan_index) else { return Ok(false) };
+        let current = self.fdb.get(&(vni, mac)).copied();
+        if current == target {
+            return Ok(false);
+        }
+        let name = devices::vxlan_name(vni);
+        match (target, current) {
+            (Some((vtep, port)), _) => {
+                self.nl
+                    .fdb_replace(dev, mac.0, vtep, Some(vni), Some(port))
+                    .await
+                    .map_err(nl_err("adding an FDB entry", name))?;
+                self.fdb.insert((vni, mac), (vtep, port));
+            }
+            (None, Some((vtep, port))) => {
+                self.nl
+                    .fdb_del(dev, mac.0, Some(vtep), Some(vni), Some(port))
+                    .await
+                    .map_err(nl_err("removing an FDB entry", name))?;
+                self.fdb.remove(&(vni, mac));
+            }
+            (None, None) => {}
+        }
+        Ok(true)
+    }
+
+    async fn set_flood(&mut self, d: &Desired, vni: u32) -> Result<usize, DatapathError> {
+        let Some(dev) = self.devs.get(&vni) else { return Ok(0) };
+        let want = d.flood_remote(vni);
+        let applied = self.flood.entry(vni).or_default();
+        Ok(devices::sync_flood(&self.nl, dev, &want, applied).await?)
+    }
+
+    /// Brings back devices that vanished or went down (someone's `ip link set down`).
+    async fn repair_devices(&mut self) -> Result<(), DatapathError> {
+        let mut broken = false;
+        for d in self.devs.values() {
+            for index in [Some(d.vxlan_index), d.bridge_index].into_iter().flatten() {
+                let link = self.nl.link_by_index(index).await.map_err(nl_err("looking up", devices::vxlan_name(d.vni)))?;
+                if !link.is_some_and(|l| l.up) {
+                    warn!(vni = d.vni, "a device of the network vanished or went down; repairing it");
+                    broken = true;
+                }
+            }
+        }
+        if broken {
+            self.devs = devices::ensure(&self.nl, self.vtep, self.underlay_index, &self.nets, true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The remote part of `d`: kernel mode installs neighbour and FDB entries only for
+/// endpoints behind other VTEPs (the bridge learns local MACs, the containers answer
+/// their own ARP).
+fn remote_neigh(d: &Desired, vni: u32, ip: Ipv4Addr) -> Option<MacAddr> {
+    d.remote(vni, ip).map(|r| r.mac)
+}
+
+fn remote_fdb(d: &Desired, vni: u32, mac: MacAddr) -> Option<FdbTarget> {
+    match d.fdb(vni, mac)? {
+        super::FdbTarget::Remote { vtep, udp_port } => Some((vtep, udp_port)),
+        super::FdbTarget::Local { .. } => None,
     }
 }
 
 impl Datapath for KernelDatapath {
     fn status(&self) -> DatapathStatus {
         DatapathStatus { mode: "kernel".into(), detail: self.reason.clone() }
+    }
+
+    fn usage(&self) -> Vec<TableUsage> {
+        let flood = self.flood.values().map(BTreeSet::len).sum::<usize>();
+        [("kernel neighbours", self.neigh.len()), ("kernel fdb", self.fdb.len()), ("kernel flood", flood)]
+            .into_iter()
+            .map(|(name, n)| TableUsage { name: name.into(), entries: n as u64, capacity: None, not_installed: 0 })
+            .collect()
+    }
+
+    fn check_room(&self) -> Result<(), DatapathError> {
+        Ok(())
     }
 
     async fn attach_endpoint(&mut self, ep: &LocalEndpoint) -> Result<(), DatapathError> {
@@ -72,80 +212,69 @@ impl Datapath for KernelDatapath {
             .map_err(nl_err("adding the endpoint's veth to the bridge", ep.ifname.clone()))
     }
 
-    async fn detach_endpoint(&mut self, _ifindex: u32) -> Result<(), DatapathError> {
+    async fn detach_endpoint(&mut self, _ep: &LocalEndpoint) -> Result<(), DatapathError> {
         // Deleting the veth removes it from the bridge; nothing else refers to it.
         Ok(())
     }
 
-    async fn sync(&mut self, fwd: &Forwarding) -> Result<(), DatapathError> {
-        let mut neigh = BTreeMap::new();
-        let mut fdb = BTreeMap::new();
-        for r in fwd.remote.values() {
-            if !self.devs.contains_key(&r.vni) {
-                continue;
-            }
-            neigh.insert((r.vni, r.ip), r.mac.0);
-            fdb.insert((r.vni, r.mac.0), (r.vtep, r.udp_port));
-        }
+    async fn apply(&mut self, d: &Desired, dirty: &Dirty) -> Result<Applied, DatapathError> {
+        let mut out = Applied::default();
         // Additions and changes first, then removals.
-        for (&(vni, mac), &(vtep, port)) in &fdb {
-            if self.fdb.get(&(vni, mac)) != Some(&(vtep, port))
-                && let Some(dev) = self.vxlan(vni)
-            {
-                self.nl
-                    .fdb_replace(dev, mac, vtep, Some(vni), Some(port))
-                    .await
-                    .map_err(nl_err("adding an FDB entry", devices::vxlan_name(vni)))?;
-                self.fdb.insert((vni, mac), (vtep, port));
+        for pass_removals in [false, true] {
+            for &(vni, mac) in &dirty.fdb {
+                let want = remote_fdb(d, vni, mac);
+                if want.is_none() == pass_removals && self.set_fdb(vni, mac, want).await? {
+                    out.changed += 1;
+                }
+            }
+            for &(vni, ip) in &dirty.neigh {
+                let want = remote_neigh(d, vni, ip);
+                if want.is_none() == pass_removals && self.set_neigh(vni, ip, want).await? {
+                    out.changed += 1;
+                }
             }
         }
-        for (&(vni, ip), &mac) in &neigh {
-            if self.neigh.get(&(vni, ip)) != Some(&mac)
-                && let Some(dev) = self.vxlan(vni)
-            {
-                self.nl
-                    .neigh_replace(dev, ip, mac)
-                    .await
-                    .map_err(nl_err("adding a neighbour entry", devices::vxlan_name(vni)))?;
-                self.neigh.insert((vni, ip), mac);
+        if self.synced {
+            for &vni in &dirty.flood {
+                out.changed += self.set_flood(d, vni).await?;
             }
         }
-        let desired_flood: BTreeSet<_> = fwd.flood_targets().into_iter().filter(|(vni, ..)| self.devs.contains_key(vni)).collect();
-        devices::sync_flood(&self.nl, &self.devs, &desired_flood, &mut self.flood).await?;
-        for (vni, ip) in self.neigh.keys().copied().filter(|k| !neigh.contains_key(k)).collect::<Vec<_>>() {
-            if let Some(dev) = self.vxlan(vni) {
-                self.nl
-                    .neigh_del(dev, ip)
-                    .await
-                    .map_err(nl_err("removing a neighbour entry", devices::vxlan_name(vni)))?;
-            }
-            self.neigh.remove(&(vni, ip));
-        }
-        for (vni, mac) in self.fdb.keys().copied().filter(|k| !fdb.contains_key(k)).collect::<Vec<_>>() {
-            if let Some(dev) = self.vxlan(vni) {
-                let (vtep, port) = self.fdb[&(vni, mac)];
-                self.nl
-                    .fdb_del(dev, mac, Some(vtep), Some(vni), Some(port))
-                    .await
-                    .map_err(nl_err("removing an FDB entry", devices::vxlan_name(vni)))?;
-            }
-            self.fdb.remove(&(vni, mac));
-        }
-        debug!(neigh = self.neigh.len(), fdb = self.fdb.len(), flood = self.flood.len(), "kernel tables in sync");
-        Ok(())
+        Ok(out)
     }
 
-    async fn shutdown(self) -> Result<(), DatapathError> {
-        let errors = devices::destroy(&self.nl, &self.devs).await;
-        for e in &errors {
-            warn!(error = %e, "removing the kernel datapath");
+    async fn resync(&mut self, d: &Desired) -> Result<Applied, DatapathError> {
+        self.repair_devices().await?;
+        self.read_tables().await?;
+        let mut dirty = Dirty::default();
+        for ((vni, ip), _) in d.all_neigh() {
+            dirty.neigh.insert((vni, ip));
         }
-        match errors.into_iter().next() {
-            None => {
-                info!("kernel VXLAN datapath removed");
-                Ok(())
-            }
-            Some(first) => Err(first.into()),
+        for ((vni, mac), _) in d.all_fdb() {
+            dirty.fdb.insert((vni, mac));
         }
+        // What the kernel holds that should not be there.
+        dirty.neigh.extend(self.neigh.keys().copied());
+        dirty.fdb.extend(self.fdb.keys().copied());
+        dirty.flood.extend(d.served());
+        self.synced = true;
+        let out = self.apply(d, &dirty).await?;
+        if out.changed > 0 {
+            info!(changed = out.changed, "kernel tables repaired");
+        } else {
+            debug!(neigh = self.neigh.len(), fdb = self.fdb.len(), "kernel tables in sync");
+        }
+        Ok(out)
+    }
+
+    fn release(self) {
+        info!("kernel VXLAN datapath left running (bridges, VXLAN devices and their entries)");
+    }
+
+    async fn remove(self) -> Vec<DatapathError> {
+        let errors: Vec<DatapathError> = devices::destroy(&self.nl, &self.devs).await.into_iter().map(Into::into).collect();
+        if errors.is_empty() {
+            info!("kernel VXLAN datapath removed");
+        }
+        errors
     }
 }

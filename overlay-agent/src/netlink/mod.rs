@@ -521,6 +521,18 @@ impl Netlink {
         debug!(index, %address, "added neighbour");
         Ok(())
     }
+
+    /// `tc qdisc del dev #index clsact` (with every filter on it); fine if there is none.
+    pub async fn delete_clsact(&self, index: u32) -> Result<(), NetlinkError> {
+        let mut req = self.handle.qdisc().del(index as i32);
+        let msg = req.message_mut();
+        // TC_H_CLSACT (= TC_H_INGRESS) as parent, handle ffff:0, as tc(8) sends it.
+        msg.header.parent = 0xffff_fff1.into();
+        msg.header.handle = 0xffff_0000.into();
+        msg.attributes.push(rtnetlink::packet_route::tc::TcAttribute::Kind("clsact".into()));
+        idempotent(req.execute().await, &[libc::ENOENT, libc::EINVAL, libc::ENODEV], "delete clsact qdisc", format!("#{index}"))
+            .map(drop)
+    }
 }
 
 pub mod vxlan;

@@ -133,6 +133,7 @@ fn bridge_and_set_link() {
                 mtu: Some(1450),
                 master: Some(br.index),
                 up: None,
+                alias: Some("overlay-agent:test:42:10.0.0.1".into()),
             },
         )
         .await
@@ -142,6 +143,7 @@ fn bridge_and_set_link() {
         assert_eq!(got.mac, Some(mac));
         assert_eq!(got.mtu, 1450);
         assert_eq!(got.master, Some(br.index));
+        assert_eq!(got.alias.as_deref(), Some("overlay-agent:test:42:10.0.0.1"));
         assert!(got.up);
         assert_eq!(nl.link_by_name("tmp0").await.unwrap(), None);
 

@@ -1,37 +1,30 @@
-//! The control plane: where nodes publish their endpoints and learn everyone else's.
+//! The control plane: where nodes publish themselves and their endpoints, and learn
+//! everyone else's.
 //!
-//! A [`Store`] holds one [`NodeRecord`] per node. Each agent publishes its own record
-//! (atomically replacing the previous one) and watches the full set; the agent
-//! reconciles its datapath with every new snapshot, so a late starter learns
-//! everything already there and removals propagate like additions.
+//! Two backends behind one key-value interface with etcd's data model ([`kv::Kv`]):
+//! [`etcd`] for clusters, [`dirkv`] (a directory shared by the agents of one machine)
+//! for labs and CI. On top of it, the same code for both: the key layout ([`keys`]),
+//! typed transactional writes ([`registry`]), and decoding what the watch reports
+//! ([`sync`]).
 
 pub mod backoff;
-pub mod dir;
 pub mod dirkv;
 pub mod etcd;
 pub mod keys;
 pub mod kv;
+pub mod registry;
+pub mod sync;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::model::{NodeRecord, StaticEndpoint};
-
-/// Everything in the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoreView {
-    /// Node records, by node name.
-    pub nodes: BTreeMap<String, NodeRecord>,
-    /// Static endpoints, by [`StaticEndpoint::key`].
-    pub statics: BTreeMap<String, StaticEndpoint>,
-}
-
-pub type Snapshot = Arc<StoreView>;
+use crate::config::{Backend, StoreSettings};
+use kv::{Connection, KeyValue, Kv, LeaseId, Txn, TxnOutcome, WatchEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store directory {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
         path: std::path::PathBuf,
         #[source]
@@ -67,6 +60,17 @@ pub enum StoreError {
     Unanswered { op: &'static str },
     #[error("etcd canceled the watch: {reason}")]
     WatchCanceled { reason: String },
+    #[error("{key:?} is not a valid store key: {problem}")]
+    InvalidKey { key: String, problem: &'static str },
+    #[error("lease {lease:x} does not exist or has expired")]
+    LeaseNotFound { lease: kv::LeaseId },
+    #[error("{source}; undoing the steps already done failed too: {}", .undo.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Undo {
+        #[source]
+        source: Box<StoreError>,
+        /// Every error met while undoing.
+        undo: Vec<StoreError>,
+    },
 }
 
 impl StoreError {
@@ -90,19 +94,67 @@ impl StoreError {
     }
 }
 
-#[expect(async_fn_in_trait, reason = "used with static dispatch on the agent's own runtime")]
-pub trait Store {
-    /// Human-readable description for `status` (backend and location).
-    fn describe(&self) -> String;
-    /// Publish (create or replace) this node's record.
-    async fn publish(&self, record: &NodeRecord) -> Result<(), StoreError>;
-    /// Remove a node's record; absent is fine.
-    async fn withdraw(&self, node: &str) -> Result<(), StoreError>;
-    /// Create or replace a static endpoint.
-    async fn put_static(&self, endpoint: &StaticEndpoint) -> Result<(), StoreError>;
-    /// Remove a static endpoint by key; absent is fine.
-    async fn del_static(&self, key: &str) -> Result<(), StoreError>;
-    /// The latest snapshot of all records, updated as they change; this store's own
-    /// writes are in it as soon as they return.
-    fn watch(&self) -> watch::Receiver<Snapshot>;
+/// The backend the config names.
+#[derive(Clone)]
+pub enum AnyKv {
+    Dir(dirkv::DirKv),
+    /// Boxed: the client holds one gRPC client per etcd service.
+    Etcd(Box<etcd::EtcdKv>),
+}
+
+impl AnyKv {
+    /// Opens the configured store. An unreachable etcd is not an error here.
+    pub async fn open(s: &StoreSettings) -> Result<Self, StoreError> {
+        Ok(match &s.backend {
+            Backend::Dir { path } => AnyKv::Dir(dirkv::DirKv::open(path).await?),
+            Backend::Etcd(e) => AnyKv::Etcd(Box::new(etcd::EtcdKv::connect(e).await?)),
+        })
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $k:ident => $e:expr) => {
+        match $self {
+            AnyKv::Dir($k) => $e,
+            AnyKv::Etcd($k) => $e,
+        }
+    };
+}
+
+impl Kv for AnyKv {
+    fn describe(&self) -> String {
+        each!(self, k => k.describe())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        each!(self, k => k.txn(txn).await)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        each!(self, k => k.get(key).await)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        each!(self, k => k.list(prefix).await)
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        each!(self, k => k.grant(ttl).await)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
+        each!(self, k => k.keep_alive(lease).await)
+    }
+
+    async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        each!(self, k => k.revoke(lease).await)
+    }
+
+    fn watch(&self, start: String, end: String) -> mpsc::Receiver<WatchEvent> {
+        each!(self, k => k.watch(start, end))
+    }
+
+    fn connection(&self) -> watch::Receiver<Connection> {
+        each!(self, k => k.connection())
+    }
 }

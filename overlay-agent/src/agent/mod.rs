@@ -1,0 +1,298 @@
+//! `overlay-agent run`: the daemon. One task owns all kernel state (links, maps,
+//! programs) and the agent's view of the cluster; the control API, the store's watch
+//! and the lease keeper feed it through channels, so changes apply one at a time.
+//!
+//! By concern:
+//! - [`startup`]: host checks, choosing and adopting the datapath, adopting the local
+//!   endpoints a previous run left (its `state_dir` and the kernel agree on them);
+//! - [`control`]: the store side: registering the node under its lease, publishing
+//!   and withdrawing endpoints, applying what the watch reports to the datapath;
+//! - [`requests`]: the control API (endpoint add/del/list, static endpoints, status);
+//! - [`teardown`]: `overlay-agent down`, which removes everything the node made.
+//!
+//! Lifecycle: SIGTERM/SIGINT stop the agent and leave the datapath running (pinned
+//! maps and links, veths, devices, the store records under a lease that is not
+//! revoked); the next start adopts all of it and changes only what is stale, so a
+//! restart within the lease TTL is invisible to containers and to peers. `down`
+//! removes everything and revokes the lease, so peers drop the node at once.
+
+mod control;
+mod requests;
+mod startup;
+pub mod teardown;
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    api::server::{self, ServerError},
+    config::Config,
+    datapath::{AnyDatapath, Datapath, DatapathError, Desired, ebpf::EbpfError},
+    netlink::{Netlink, NetlinkError},
+    state::{self, AgentState, LocalRecord, StateError},
+    store::{AnyKv, StoreError, keys::Keys, kv::{Connection, Kv, LeaseId, WatchEvent}},
+};
+
+pub use teardown::TeardownError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("netlink: {source}")]
+    Netlink {
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("underlay interface {name:?} not found in this network namespace (check `underlay_interface`)")]
+    NoUnderlay { name: String },
+    #[error("underlay interface {name} has no IPv4 address; add one or set `vtep_ip`")]
+    NoVtep { name: String },
+    #[error(
+        "network {network}: MTU {mtu} does not fit the underlay ({underlay} has MTU {underlay_mtu}, \
+         VXLAN needs 50 bytes); set network.mtu to at most {max}"
+    )]
+    MtuTooLarge { network: String, mtu: u32, underlay: String, underlay_mtu: u32, max: u32 },
+    #[error("network {network}: MTU {mtu} is too small (the underlay MTU leaves less than 576)")]
+    MtuTooSmall { network: String, mtu: u32 },
+    #[error("opening the store: {0}")]
+    Store(#[source] StoreError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("datapath.mode=ebpf, but the eBPF datapath cannot run here: {0} (use datapath.mode=auto or kernel)")]
+    Ebpf(#[source] EbpfError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("installing signal handlers: {source}")]
+    Signal {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Teardown(#[from] TeardownError),
+    #[error("registering with the store: {0}")]
+    Claim(#[source] crate::store::registry::ClaimError),
+}
+
+/// A container this agent plugged in.
+#[derive(Debug, Clone)]
+struct Local {
+    record: LocalRecord,
+    /// Why the store does not hold it, if it does not (a conflict at re-registration).
+    unpublished: Option<String>,
+}
+
+/// What the lease keeper tells the main loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEvent {
+    /// The lease ended (the store was unreachable for longer than its TTL, or someone
+    /// revoked it): everything published under it is gone.
+    Expired(LeaseId),
+}
+
+pub struct Agent {
+    config: Config,
+    host: Netlink,
+    datapath: AnyDatapath,
+    kv: AnyKv,
+    keys: Keys,
+    vtep: Ipv4Addr,
+    underlay_mtu: u32,
+    desired: Desired,
+    /// By (VNI, IP).
+    local: BTreeMap<(u32, Ipv4Addr), Local>,
+    lease: LeaseId,
+    /// Tells the lease keeper which lease to renew.
+    lease_tx: watch::Sender<LeaseId>,
+    /// The node record and every local endpoint are in the store under `lease`.
+    registered: bool,
+    /// The first full store list has been applied to the datapath.
+    synced: bool,
+    /// Endpoints deleted while the store was unreachable, still to withdraw.
+    pending_withdrawals: Vec<(u32, Ipv4Addr)>,
+    /// An earlier run (or this one) added the underlay's clsact qdisc.
+    clsact_added: bool,
+    conn: watch::Receiver<Connection>,
+    /// The last registration failure logged (each distinct one is logged once).
+    register_error: Option<String>,
+    started: Instant,
+}
+
+/// How the main loop ended.
+enum Stop {
+    /// SIGTERM/SIGINT: leave everything running.
+    Release,
+    /// `down`: remove everything; the reply goes back once done.
+    Down(tokio::sync::oneshot::Sender<crate::api::Response>),
+}
+
+/// Runs the agent until SIGTERM/SIGINT or `down`. Must be called on a tokio runtime.
+pub async fn run(config: Config) -> Result<(), AgentError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
+    let socket = config.socket_path();
+    let (mut agent, listener) = match startup::start(config).await {
+        Ok(started) => started,
+        Err(e) => {
+            // Our socket, unless another agent's was there.
+            if !matches!(e, AgentError::Server(ServerError::AlreadyRunning { .. })) {
+                remove_socket(&socket);
+            }
+            return Err(e);
+        }
+    };
+
+    let (api_tx, mut api_rx) = mpsc::channel::<server::Call>(16);
+    let server = tokio::spawn(server::serve(listener, api_tx));
+    let (start, end) = agent.keys.watch_range();
+    let mut store_rx = agent.kv.watch(start, end);
+    let (session_tx, mut session_rx) = mpsc::channel(4);
+    let keeper = tokio::spawn(control::keep_lease(
+        agent.kv.clone(),
+        agent.lease_tx.subscribe(),
+        agent.config.store.lease_ttl,
+        session_tx,
+    ));
+    let mut conn = agent.conn.clone();
+    let mut resync = tokio::time::interval(Duration::from_secs(agent.config.datapath.kernel_resync_s));
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = control::Retry::new();
+
+    agent.register().await;
+    info!(
+        node = %agent.config.node_name,
+        vtep = %agent.vtep,
+        underlay = %agent.config.underlay_interface,
+        datapath = %agent.datapath.status().detail,
+        store = %agent.kv.describe(),
+        socket = %socket.display(),
+        "overlay agent running"
+    );
+
+    let stop = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping; the datapath stays up"); break Stop::Release; }
+            _ = sigint.recv() => { info!("SIGINT: stopping; the datapath stays up"); break Stop::Release; }
+            Some((req, reply)) = api_rx.recv() => {
+                if matches!(req, crate::api::Request::Down) {
+                    break Stop::Down(reply);
+                }
+                agent.handle(req, reply).await;
+            }
+            Some(event) = store_rx.recv() => {
+                let mut batch = vec![event];
+                while batch.len() < control::MAX_BATCH {
+                    match store_rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                agent.on_store(batch).await;
+            }
+            Some(SessionEvent::Expired(lease)) = session_rx.recv() => agent.on_lease_expired(lease).await,
+            Ok(()) = conn.changed() => {
+                let now = *conn.borrow_and_update();
+                if now == Connection::Connected {
+                    agent.register().await;
+                }
+            }
+            _ = retry.tick(), if agent.store_work_pending() => agent.register().await,
+            _ = resync.tick(), if agent.synced && matches!(agent.datapath, AnyDatapath::Kernel(_)) => {
+                if let Err(e) = agent.datapath.resync(&agent.desired).await {
+                    error!(error = %e, "repairing the kernel's tables");
+                }
+            }
+        }
+    };
+    server.abort();
+    keeper.abort();
+    match stop {
+        Stop::Release => {
+            agent.save_state();
+            remove_socket(&socket);
+            agent.datapath.release();
+            Ok(())
+        }
+        Stop::Down(reply) => {
+            let result = teardown::down(agent).await;
+            let response = match &result {
+                Ok(removed) => crate::api::Response::Down { removed: removed.clone() },
+                Err(e) => crate::api::Response::Error { message: e.to_string() },
+            };
+            // The CLI may have gone away; nothing to do about it.
+            let _client_gone = reply.send(response);
+            remove_socket(&socket);
+            result.map(drop).map_err(AgentError::from)
+        }
+    }
+}
+
+fn remove_socket(path: &PathBuf) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), error = %e, "removing the control socket");
+    }
+}
+
+impl Agent {
+    /// The state to persist, as it is now.
+    fn snapshot_state(&self) -> AgentState {
+        let mut s = AgentState::new(&self.config.node_name, self.datapath.mode());
+        s.lease = self.lease;
+        s.store = self.kv.describe();
+        s.endpoints = self.local.values().map(|l| l.record.clone()).collect();
+        s.pending_withdrawals.clone_from(&self.pending_withdrawals);
+        s.clsact_added = self.clsact_added();
+        s
+    }
+
+    fn clsact_added(&self) -> bool {
+        let now = match &self.datapath {
+            AnyDatapath::Ebpf(d) => d.clsact_added(),
+            AnyDatapath::Kernel(_) => false,
+        };
+        now || self.clsact_added
+    }
+
+    /// Writes the state file; a failure is logged (the kernel state is right, only the
+    /// next start's adoption would miss the change).
+    fn save_state(&self) {
+        if let Err(e) = state::save(&self.config.state_dir, &self.snapshot_state()) {
+            error!(error = %e, "saving the agent state; the next start may not adopt everything");
+        }
+    }
+
+    /// Whether store work waits for a retry (registration, publications, withdrawals).
+    fn store_work_pending(&self) -> bool {
+        !self.registered || !self.pending_withdrawals.is_empty()
+    }
+
+    /// Applies what changed in `desired` to the datapath.
+    async fn flush(&mut self) -> Result<(), DatapathError> {
+        let dirty = self.desired.take_dirty();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let applied = self.datapath.apply(&self.desired, &dirty).await?;
+        if applied.full > 0 {
+            warn!(entries = applied.full, "datapath tables full: entries not installed (see `overlay-agent status`)");
+        }
+        Ok(())
+    }
+
+    /// Hands store events to [`control`].
+    async fn on_store(&mut self, batch: Vec<WatchEvent>) {
+        self.apply_store_events(batch).await;
+    }
+}

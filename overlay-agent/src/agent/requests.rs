@@ -1,0 +1,418 @@
+//! The control API: endpoint add/del/list, static endpoints, status. Every check
+//! happens before anything changes; a change that fails half-way is undone, step by
+//! step, in reverse.
+//!
+//! An endpoint's IP and MAC are claimed in the store first (a transaction decides
+//! uniqueness cluster-wide), then the veth is plugged and the datapath told. While the
+//! store is unreachable, `endpoint add` is refused (uniqueness cannot be decided);
+//! `endpoint del` goes ahead locally and the withdrawal is sent when the store is back.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::{Agent, Local};
+use crate::{
+    api::{
+        EndpointInfo, EndpointKind, EndpointSpec, NetworkInfo, PeerInfo, RemoteSpec, Request, Response, StatusInfo,
+        StoreInfo,
+    },
+    datapath::{Datapath, DatapathError, LocalEndpoint},
+    desired::{Record, RecordKey},
+    mac::MacAddr,
+    plumb::{self, PlugSpec, PlumbError},
+    records::{StaticRecord, is_unicast},
+    state::LocalRecord,
+    store::{
+        StoreError,
+        kv::{Connection, Kv},
+        registry::{self, ClaimError},
+    },
+};
+
+/// How long a write may retry a store that is electing a leader or failing over.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Why an API request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("unknown network {name:?}; this agent serves: {known}")]
+    UnknownNetwork { name: String, known: String },
+    #[error("{ip} is not inside network {network}'s subnet {subnet}")]
+    OutsideSubnet { ip: Ipv4Addr, network: String, subnet: ipnet::Ipv4Net },
+    #[error("{ip} is the network or broadcast address of {subnet}")]
+    ReservedAddress { ip: Ipv4Addr, subnet: ipnet::Ipv4Net },
+    #[error("IP {ip} is already used in network {network} (node {node})")]
+    DuplicateIp { ip: Ipv4Addr, network: String, node: String },
+    #[error("MAC {mac} is already used in network {network} (node {node})")]
+    DuplicateMac { mac: MacAddr, network: String, node: String },
+    #[error("MAC {mac} must be a unicast address other than 00:00:00:00:00:00")]
+    BadMac { mac: MacAddr },
+    #[error("no endpoint {ip} in network {network} on this node")]
+    NoSuchEndpoint { ip: Ipv4Addr, network: String },
+    #[error("no static endpoint {ip} in network {network} (see `overlay-agent endpoint list`)")]
+    NoSuchStatic { ip: Ipv4Addr, network: String },
+    #[error("VTEP {vtep} is not a unicast address other than this host's ({own})")]
+    BadVtep { vtep: Ipv4Addr, own: Ipv4Addr },
+    #[error("network {network} already has {max} endpoints on this host, the most broadcast replication supports")]
+    TooManyEndpoints { network: String, max: usize },
+    #[error(
+        "the store ({store}) is unreachable since {since}: adding needs it to claim the address cluster-wide; \
+         retry when `overlay-agent status` shows the store connected"
+    )]
+    StoreDown { store: String, since: String },
+    #[error("the agent is still loading the store's contents; retry in a moment")]
+    NotSynced,
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error(transparent)]
+    Plumb(#[from] PlumbError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// RFC 3339 (UTC, seconds) for `status`.
+pub(super) fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Retries `op` while the store is failing over (a transient error), up to
+/// [`WRITE_DEADLINE`].
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, ClaimError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClaimError>>,
+{
+    let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+    let mut backoff = crate::store::backoff::Backoff::new();
+    loop {
+        match op().await {
+            Err(ClaimError::Store(e)) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                warn!(error = %e, "the store is failing over; retrying the write");
+                backoff.wait().await;
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Agent {
+    pub(super) async fn handle(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let err = |e: RequestError| Response::Error { message: e.to_string() };
+        let response = match req {
+            Request::EndpointAdd(spec) => self.add_endpoint(spec).await.map_or_else(err, Response::Endpoint),
+            Request::EndpointDel { network, ip } => self.del_endpoint(&network, ip).await.map_or_else(err, Response::Deleted),
+            Request::EndpointList => Response::Endpoints { endpoints: self.list() },
+            Request::RemoteAdd(spec) => self.add_static(spec).await.map_or_else(err, Response::Endpoint),
+            Request::RemoteDel { network, ip } => self.del_static(&network, ip).await.map_or_else(err, Response::Deleted),
+            Request::Status => Response::Status(self.status()),
+            // Handled by the main loop, which stops after it.
+            Request::Down => Response::Error { message: "down is handled by the main loop".into() },
+        };
+        // The client may have gone away; nothing to do about it.
+        let _client_gone = reply.send(response);
+    }
+
+    /// Refuses changes that need the store while it cannot take them.
+    fn store_ready(&self) -> Result<(), RequestError> {
+        if let Connection::Disconnected { since } = *self.conn.borrow() {
+            return Err(RequestError::StoreDown { store: self.kv.describe(), since: rfc3339(since) });
+        }
+        if !self.synced {
+            return Err(RequestError::NotSynced);
+        }
+        Ok(())
+    }
+
+    /// The checks every new endpoint (local or static) must pass, before anything changes.
+    fn check_new(&self, network: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<crate::config::Network, RequestError> {
+        let net = self
+            .config
+            .network(network)
+            .ok_or_else(|| RequestError::UnknownNetwork {
+                name: network.to_string(),
+                known: self.config.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?
+            .clone();
+        if !net.subnet.contains(&ip) {
+            return Err(RequestError::OutsideSubnet { ip, network: net.name, subnet: net.subnet });
+        }
+        if ip == net.subnet.network() || ip == net.subnet.broadcast() {
+            return Err(RequestError::ReservedAddress { ip, subnet: net.subnet });
+        }
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(RequestError::BadMac { mac });
+        }
+        // A friendly early answer; the store's transaction has the last word.
+        if let Some((same_ip, node)) = self.desired.holder(net.vni, ip, mac) {
+            return Err(if same_ip {
+                RequestError::DuplicateIp { ip, network: net.name, node }
+            } else {
+                RequestError::DuplicateMac { mac, network: net.name, node }
+            });
+        }
+        Ok(net)
+    }
+
+    async fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<EndpointInfo, RequestError> {
+        let mac = spec.mac.unwrap_or_else(|| MacAddr::from_ipv4(spec.ip));
+        let net = self.check_new(&spec.network, spec.ip, mac)?;
+        self.store_ready()?;
+        let max = overlay_common::limits::MAX_FLOOD_PORTS;
+        if self.local.keys().filter(|(vni, _)| *vni == net.vni).count() >= max {
+            return Err(RequestError::TooManyEndpoints { network: net.name, max });
+        }
+        self.datapath.check_room()?;
+        let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
+        let plug = PlugSpec {
+            node: self.config.node_name.clone(),
+            network: net.name.clone(),
+            vni: net.vni,
+            netns: spec.netns.clone(),
+            ifname: ifname.clone(),
+            ip: spec.ip,
+            prefix_len: net.subnet.prefix_len(),
+            mac,
+            mtu: net.effective_mtu(self.underlay_mtu),
+            host_mtu: self.underlay_mtu,
+        };
+        plumb::preflight(&plug).await?;
+
+        // 1. Claim the IP and MAC cluster-wide.
+        let record = self.endpoint_record(&net.name, mac, net.udp_port);
+        let (kv, keys, lease) = (self.kv.clone(), self.keys.clone(), self.lease);
+        retrying(|| registry::publish_endpoint(&kv, &keys, net.vni, spec.ip, &record, lease)).await?;
+        // 2. Plug the veth in; 3. the datapath. Each failure undoes what came before.
+        let plugged = match plumb::plug(&self.host, &plug).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.undo_claim(net.vni, spec.ip).await;
+                return Err(e.into());
+            }
+        };
+        let ep = LocalEndpoint { vni: net.vni, ip: spec.ip, mac, ifindex: plugged.host_ifindex, ifname: plugged.host_ifname.clone() };
+        self.desired.add_local(ep.clone());
+        let attached = match self.flush().await {
+            Ok(()) => self.datapath.attach_endpoint(&ep).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = attached {
+            self.undo_plug(&ep).await;
+            self.undo_claim(net.vni, spec.ip).await;
+            return Err(e.into());
+        }
+        let record = LocalRecord {
+            network: net.name.clone(),
+            vni: net.vni,
+            ip: spec.ip,
+            mac,
+            netns: spec.netns.clone(),
+            ifname,
+            host_ifname: plugged.host_ifname.clone(),
+            host_ifindex: plugged.host_ifindex,
+        };
+        self.local.insert((net.vni, spec.ip), Local { record, unpublished: None });
+        self.save_state();
+        info!(network = %net.name, ip = %spec.ip, %mac, netns = %spec.netns, host_if = %plugged.host_ifname, "endpoint added");
+        Ok(self.local_info(&self.local[&(net.vni, spec.ip)]))
+    }
+
+    async fn undo_claim(&mut self, vni: u32, ip: Ipv4Addr) {
+        if let Err(e) = registry::withdraw_endpoint(&self.kv, &self.keys, vni, ip, self.lease).await {
+            warn!(error = %e, "undo: withdrawing the endpoint's claim; withdrawing it later");
+            self.pending_withdrawals.push((vni, ip));
+        }
+    }
+
+    async fn undo_plug(&mut self, ep: &LocalEndpoint) {
+        if let Err(e) = self.datapath.detach_endpoint(ep).await {
+            warn!(error = %e, "undo: detaching the endpoint");
+        }
+        self.desired.remove_local(ep.ifindex);
+        if let Err(e) = self.flush().await {
+            warn!(error = %e, "undo: restoring the datapath tables");
+        }
+        if let Err(e) = plumb::unplug(&self.host, ep.ifindex).await {
+            warn!(error = %e, "undo: deleting the veth");
+        }
+    }
+
+    async fn del_endpoint(&mut self, network: &str, ip: Ipv4Addr) -> Result<EndpointInfo, RequestError> {
+        let vni = self.config.network(network).map(|n| n.vni);
+        let Some(local) = vni.and_then(|vni| self.local.remove(&(vni, ip))) else {
+            return Err(RequestError::NoSuchEndpoint { ip, network: network.into() });
+        };
+        let info = self.local_info(&local);
+        let vni = local.record.vni;
+        // Withdraw from peers first so they stop sending; if the store cannot take it
+        // now, it is sent when the store is back (the endpoint goes locally at once).
+        let withdrawn = if matches!(*self.conn.borrow(), Connection::Connected) {
+            let (kv, keys, lease) = (self.kv.clone(), self.keys.clone(), self.lease);
+            retrying(|| async { Ok(registry::withdraw_endpoint(&kv, &keys, vni, ip, lease).await?) }).await
+        } else {
+            Err(ClaimError::Raced { what: "the store is unreachable" })
+        };
+        if let Err(e) = withdrawn {
+            warn!(network, %ip, error = %e, "cannot withdraw the endpoint from the store now; it will be when the store is back");
+            self.pending_withdrawals.push((vni, ip));
+        }
+        let ep = LocalEndpoint {
+            vni,
+            ip,
+            mac: local.record.mac,
+            ifindex: local.record.host_ifindex,
+            ifname: local.record.host_ifname.clone(),
+        };
+        self.save_state();
+        self.datapath.detach_endpoint(&ep).await?;
+        self.desired.remove_local(ep.ifindex);
+        self.flush().await?;
+        plumb::unplug(&self.host, ep.ifindex).await?;
+        info!(network, %ip, "endpoint deleted");
+        Ok(info)
+    }
+
+    async fn add_static(&mut self, spec: RemoteSpec) -> Result<EndpointInfo, RequestError> {
+        let net = self.check_new(&spec.network, spec.ip, spec.mac)?;
+        let v = spec.vtep;
+        if v == self.vtep || !is_unicast(v) {
+            return Err(RequestError::BadVtep { vtep: v, own: self.vtep });
+        }
+        self.store_ready()?;
+        let st = StaticRecord {
+            network: net.name.clone(),
+            mac: spec.mac,
+            vtep: v,
+            udp_port: net.udp_port,
+            declared_by: self.config.node_name.clone(),
+        };
+        let (kv, keys) = (self.kv.clone(), self.keys.clone());
+        retrying(|| registry::put_static(&kv, &keys, net.vni, spec.ip, &st)).await?;
+        // Apply now rather than when the watch reports it (read your own writes).
+        self.desired.put(Record::Static(net.vni, spec.ip, st.clone()));
+        self.flush().await?;
+        info!(network = %st.network, ip = %spec.ip, mac = %st.mac, vtep = %st.vtep, "static endpoint added");
+        Ok(static_info(net.vni, spec.ip, &st))
+    }
+
+    async fn del_static(&mut self, network: &str, ip: Ipv4Addr) -> Result<EndpointInfo, RequestError> {
+        let no_such = || RequestError::NoSuchStatic { ip, network: network.into() };
+        let vni = self.config.network(network).map(|n| n.vni).ok_or_else(no_such)?;
+        self.store_ready()?;
+        let (kv, keys) = (self.kv.clone(), self.keys.clone());
+        let removed = retrying(|| async { Ok(registry::del_static(&kv, &keys, vni, ip).await?) }).await?;
+        let st = removed.ok_or_else(no_such)?;
+        self.desired.delete(&RecordKey::Static(vni, ip));
+        self.flush().await?;
+        info!(network, %ip, "static endpoint deleted");
+        Ok(static_info(vni, ip, &st))
+    }
+
+    fn local_info(&self, l: &Local) -> EndpointInfo {
+        let r = &l.record;
+        EndpointInfo {
+            network: r.network.clone(),
+            vni: r.vni,
+            ip: r.ip,
+            mac: r.mac,
+            node: self.config.node_name.clone(),
+            vtep: self.vtep,
+            kind: EndpointKind::Local,
+            netns: Some(r.netns.clone()),
+            ifname: Some(r.ifname.clone()),
+            host_ifname: Some(r.host_ifname.clone()),
+            unpublished: l.unpublished.clone(),
+        }
+    }
+
+    fn list(&self) -> Vec<EndpointInfo> {
+        let mut out: Vec<_> = self.local.values().map(|l| self.local_info(l)).collect();
+        for (vni, ip, node, network, mac) in self.desired.published() {
+            if node == self.config.node_name {
+                continue;
+            }
+            out.push(EndpointInfo {
+                network: network.to_owned(),
+                vni,
+                ip,
+                mac,
+                node: node.to_owned(),
+                vtep: self.desired.node_vtep(node).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                kind: EndpointKind::Remote,
+                netns: None,
+                ifname: None,
+                host_ifname: None,
+                unpublished: None,
+            });
+        }
+        out.extend(self.desired.statics().map(|(vni, ip, st)| static_info(vni, ip, st)));
+        out.sort_by(|a, b| (a.vni, a.ip, &a.node).cmp(&(b.vni, b.ip, &b.node)));
+        out
+    }
+
+    fn status(&self) -> StatusInfo {
+        let (state, since) = match *self.conn.borrow() {
+            Connection::Connected => ("connected".to_string(), None),
+            Connection::Disconnected { since } => ("disconnected".to_string(), Some(rfc3339(since))),
+        };
+        StatusInfo {
+            node: self.config.node_name.clone(),
+            vtep: self.vtep,
+            underlay_interface: self.config.underlay_interface.clone(),
+            underlay_mtu: self.underlay_mtu,
+            datapath: self.datapath.status(),
+            tables: self.datapath.usage(),
+            static_endpoints: self.desired.statics().count(),
+            store: StoreInfo {
+                backend: self.kv.describe(),
+                state,
+                disconnected_since: since,
+                lease: (self.lease != 0).then(|| format!("{:x}", self.lease)),
+                lease_ttl_secs: self.config.store.lease_ttl.as_secs(),
+                registered: self.registered,
+                synced: self.synced,
+                pending_withdrawals: self.pending_withdrawals.len(),
+            },
+            networks: self
+                .config
+                .networks
+                .iter()
+                .map(|n| NetworkInfo {
+                    name: n.name.clone(),
+                    vni: n.vni,
+                    subnet: n.subnet,
+                    udp_port: n.udp_port,
+                    mtu: n.effective_mtu(self.underlay_mtu),
+                    local_endpoints: self.local.keys().filter(|(vni, _)| *vni == n.vni).count(),
+                    remote_endpoints: self.desired.remote_count(n.vni),
+                })
+                .collect(),
+            peers: self
+                .desired
+                .peers()
+                .into_iter()
+                .map(|(node, vtep, endpoints)| PeerInfo { node, vtep, endpoints })
+                .collect(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+}
+
+fn static_info(vni: u32, ip: Ipv4Addr, st: &StaticRecord) -> EndpointInfo {
+    EndpointInfo {
+        network: st.network.clone(),
+        vni,
+        ip,
+        mac: st.mac,
+        node: format!("static (declared by {})", st.declared_by),
+        vtep: st.vtep,
+        kind: EndpointKind::Static,
+        netns: None,
+        ifname: None,
+        host_ifname: None,
+        unpublished: None,
+    }
+}
