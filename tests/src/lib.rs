@@ -1,7 +1,8 @@
 //! The end-to-end test harness: hosts and routers are network namespaces
 //! ([`ns::NetNs`]) wired with veths and bridges ([`topo`]), traffic is made and
 //! watched in pure Rust ([`traffic`], [`packet`]), and real agents run inside
-//! the namespaces ([`agent`]).
+//! the namespaces ([`agent`]), with etcd clusters on the underlay for their
+//! control plane ([`etcd`]).
 //!
 //! Everything lives in namespaces the harness creates (named `ovt<pid>x<n>-*`)
 //! and is deleted when their guards drop, also on failure; nothing touches the
@@ -11,6 +12,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod etcd;
 pub mod interrupt;
 pub mod lab;
 pub mod ns;
@@ -19,6 +21,7 @@ pub mod topo;
 pub mod traffic;
 
 pub use agent::{AgentProcess, CliOutput, agent_binary, run_cli};
+pub use etcd::{EtcdCluster, EtcdOptions, TlsFiles};
 pub use ns::NetNs;
 pub use topo::{Host, Underlay, UnderlayBuilder};
 pub use traffic::{Capture, Direction, Frame, PingResult, TransferResult, ping, tcp_transfer};

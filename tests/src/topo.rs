@@ -27,6 +27,9 @@ pub const ROUTER_IP_A: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 pub const ROUTER_IP_B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 254);
 pub const SUBNET_A: &str = "198.51.100.0/24";
 pub const SUBNET_B: &str = "203.0.113.0/24";
+/// The bridge joining the 198.51.100.0/24 segment, in the router
+/// ([`UnderlayBuilder::routed`]) or the switch ([`UnderlayBuilder::switched`]).
+pub const SEGMENT_BRIDGE: &str = "br0";
 
 static TMP_COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -251,6 +254,30 @@ impl UnderlayBuilder {
             h2,
             h3: None,
             router: None,
+            switch: None,
+        }
+    }
+
+    /// h1 (198.51.100.1/24) and h2 (198.51.100.2/24) on one L2 segment, as
+    /// in [`UnderlayBuilder::two_hosts`], but through a switch: bridge `br0`
+    /// (no address) of namespace `sw`, ports `h1p` and `h2p`. More machines
+    /// (an etcd cluster) can plug into it: see [`Underlay::segment`].
+    pub fn switched(self) -> Underlay {
+        let switch = NetNs::new("sw");
+        let h1 = Host::new("h1", H1_IP, 24);
+        let h2 = Host::new("h2", H2_IP, 24);
+        link_veth(&switch, "h1p", &h1.ns, UL_IF, self.mtu);
+        link_veth(&switch, "h2p", &h2.ns, UL_IF, self.mtu);
+        bridge(&switch, SEGMENT_BRIDGE, &["h1p", "h2p"]);
+        for host in [&h1, &h2] {
+            add_addr(&host.ns, UL_IF, &format!("{}/{}", host.ip, host.prefix_len));
+        }
+        Underlay {
+            h1,
+            h2,
+            h3: None,
+            router: None,
+            switch: Some(switch),
         }
     }
 
@@ -283,12 +310,14 @@ impl UnderlayBuilder {
             h2,
             h3: Some(h3),
             router: Some(router),
+            switch: None,
         }
     }
 }
 
-/// A ready underlay: see [`UnderlayBuilder::two_hosts`] and
-/// [`UnderlayBuilder::routed`]. Dropping it deletes every namespace.
+/// A ready underlay: see [`UnderlayBuilder::two_hosts`],
+/// [`UnderlayBuilder::routed`] and [`UnderlayBuilder::switched`]. Dropping it
+/// deletes every namespace.
 #[derive(Debug)]
 pub struct Underlay {
     pub h1: Host,
@@ -297,6 +326,8 @@ pub struct Underlay {
     pub h3: Option<Host>,
     /// Only in the routed underlay.
     pub router: Option<NetNs>,
+    /// Only in the switched underlay: the namespace holding bridge `br0`.
+    pub switch: Option<NetNs>,
 }
 
 impl Underlay {
@@ -312,6 +343,28 @@ impl Underlay {
     /// [`UnderlayBuilder::routed`] with MTU 1500.
     pub fn routed() -> Underlay {
         Self::builder().routed()
+    }
+
+    /// [`UnderlayBuilder::switched`] with MTU 1500.
+    pub fn switched() -> Underlay {
+        Self::builder().switched()
+    }
+
+    /// Where more machines join the 198.51.100.0/24 segment: the namespace
+    /// and the bridge to plug a veth into (the router's `br0` in the routed
+    /// underlay, the switch's `br0` in the switched one). `None` for
+    /// [`UnderlayBuilder::two_hosts`], whose segment is a single veth.
+    pub fn segment(&self) -> Option<(&NetNs, &str)> {
+        self.router
+            .as_ref()
+            .or(self.switch.as_ref())
+            .map(|ns| (ns, SEGMENT_BRIDGE))
+    }
+
+    /// The gateway of the 198.51.100.0/24 segment towards the other
+    /// segments: 198.51.100.254 in the routed underlay, `None` otherwise.
+    pub fn segment_gateway(&self) -> Option<Ipv4Addr> {
+        self.router.as_ref().map(|_| ROUTER_IP_A)
     }
 
     /// h3; panics unless this is the routed underlay.
@@ -343,6 +396,7 @@ impl Underlay {
             .map(|h| h.ns.name().to_owned())
             .collect();
         names.extend(self.router.as_ref().map(|r| r.name().to_owned()));
+        names.extend(self.switch.as_ref().map(|s| s.name().to_owned()));
         names
     }
 }

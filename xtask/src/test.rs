@@ -11,6 +11,9 @@ const TEST_NETNS_PREFIX: &str = "ovt";
 /// bpffs directories the integration tests pin into are `/sys/fs/bpf/overlay-test…`.
 const BPFFS: &str = "/sys/fs/bpf";
 const TEST_PIN_PREFIX: &str = "overlay-test";
+/// etcd servers the integration tests start keep their data, logs and certificates in
+/// `$TMPDIR/ovt-etcd-<pid>x<n>` (tests/src/etcd.rs `DIR_PREFIX`).
+const TEST_ETCD_DIR_PREFIX: &str = "ovt-etcd-";
 
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 /// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
@@ -66,7 +69,7 @@ pub fn execute(args: &Args) -> Result<()> {
     let cleanup = match remove_leftovers("after the tests") {
         Ok(0) => Ok(()),
         Ok(n) => Err(anyhow::anyhow!(
-            "the test suite left {n} namespace(s), pin(s) or agent process(es) behind (removed now)"
+            "the test suite left {n} namespace(s), pin(s), etcd directories or agent/etcd process(es) behind (removed now)"
         )),
         Err(e) => Err(e),
     };
@@ -94,21 +97,25 @@ pub fn execute(args: &Args) -> Result<()> {
 }
 
 /// Deletes what crashed test runs leave behind: agents started by the tests (their
-/// config lives in an `ovt-lab-*` directory), `ovt*` network namespaces and
-/// `/sys/fs/bpf/overlay-test*` pins. Touches nothing else. Returns how many it found.
+/// config lives in an `ovt-lab-*` directory), etcd servers started by the tests (their
+/// data dir is in an `ovt-etcd-*` directory), `ovt*` network namespaces,
+/// `/sys/fs/bpf/overlay-test*` pins and `$TMPDIR/ovt-etcd-*` directories. Touches
+/// nothing else. Returns how many it found.
 fn remove_leftovers(when: &str) -> Result<usize> {
-    let agents = test_agents();
-    for pid in &agents {
-        eprintln!("xtask: killing leftover test agent pid {pid} ({when})");
+    let processes = test_processes();
+    for (pid, kind) in &processes {
+        eprintln!("xtask: killing leftover test {kind} pid {pid} ({when})");
         // SAFETY: kill(2) has no memory-safety preconditions; the pid may have exited
         // since (ESRCH), which is fine.
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
     let namespaces = test_namespaces(&exec::stdout(Command::new("ip").args(["netns", "list"]))?);
     let pins = test_pins(Path::new(BPFFS))?;
-    let found = agents.len() + namespaces.len() + pins.len();
-    if namespaces.is_empty() && pins.is_empty() {
-        eprintln!("xtask: no leftover test namespaces or bpffs pins {when}");
+    // After the kills: a SIGKILLed etcd writes nothing more into its directory.
+    let etcd_dirs = test_etcd_dirs(&std::env::temp_dir())?;
+    let found = processes.len() + namespaces.len() + pins.len() + etcd_dirs.len();
+    if namespaces.is_empty() && pins.is_empty() && etcd_dirs.is_empty() {
+        eprintln!("xtask: no leftover test namespaces, bpffs pins or etcd directories {when}");
         return Ok(found);
     }
     let mut errors = Vec::new();
@@ -132,6 +139,17 @@ fn remove_leftovers(when: &str) -> Result<usize> {
             errors.push(err);
         }
     }
+    for dir in etcd_dirs {
+        eprintln!(
+            "xtask: deleting leftover etcd directory {} ({when})",
+            dir.display()
+        );
+        if let Err(err) =
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+        {
+            errors.push(err);
+        }
+    }
     match errors.len() {
         0 => Ok(found),
         n => bail!(
@@ -145,18 +163,58 @@ fn remove_leftovers(when: &str) -> Result<usize> {
     }
 }
 
-/// Pids of `overlay-agent` processes whose command line names a test lab's config.
-fn test_agents() -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+/// Pids of the processes the tests started, with what they are ([`test_process_kind`]).
+fn test_processes() -> Vec<(i32, &'static str)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("overlay-agent") && c.contains("/ovt-lab-")
-            })
+        .filter_map(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, test_process_kind(&cmdline)?))
         })
         .collect()
+}
+
+/// What a process is, from its `/proc/<pid>/cmdline` (arguments separated by NULs), if
+/// the tests started it: `"agent"` for an `overlay-agent` whose command line names a test
+/// lab's config (`/ovt-lab-`), `"etcd"` for an `etcd` (the program itself, not etcdctl)
+/// whose arguments name a test data dir (`/ovt-etcd-`).
+fn test_process_kind(cmdline: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(cmdline);
+    if text.contains("overlay-agent") && text.contains("/ovt-lab-") {
+        return Some("agent");
+    }
+    let mut args = text.split('\0');
+    let program = args.next()?;
+    let is_etcd = Path::new(program)
+        .file_name()
+        .is_some_and(|name| name == "etcd");
+    let etcd_dir = format!("/{TEST_ETCD_DIR_PREFIX}");
+    (is_etcd && args.any(|arg| arg.contains(&etcd_dir))).then_some("etcd")
+}
+
+/// `ovt-etcd-*` entries directly under `tmp` (the temporary directory).
+fn test_etcd_dirs(tmp: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries = match fs::read_dir(tmp) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", tmp.display())),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", tmp.display()))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(TEST_ETCD_DIR_PREFIX)
+        {
+            dirs.push(entry.path());
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
 }
 
 /// Names of `ovt*` namespaces in `ip netns list` output (`NAME` or `NAME (id: N)` per line).
@@ -215,5 +273,45 @@ mod tests {
             [dir.join("overlay-test-1"), dir.join("overlay-test-2")]
         );
         assert!(test_pins(&dir).unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_processes_by_command_line() {
+        let etcd = b"/usr/bin/etcd\0--name=m0\0--data-dir=/tmp/ovt-etcd-123x0/m0\0--logger=zap\0";
+        assert_eq!(test_process_kind(etcd), Some("etcd"));
+        let etcd = b"etcd\0--data-dir\0/var/tmp/ovt-etcd-9x1/m2\0";
+        assert_eq!(test_process_kind(etcd), Some("etcd"));
+        // The machine's own etcd, a client of a test etcd, an unrelated program.
+        assert_eq!(
+            test_process_kind(b"/usr/bin/etcd\0--data-dir=/var/lib/etcd\0"),
+            None
+        );
+        assert_eq!(
+            test_process_kind(b"/usr/bin/etcdctl\0--cacert=/tmp/ovt-etcd-1x0/tls/ca.pem\0get\0"),
+            None
+        );
+        assert_eq!(
+            test_process_kind(b"/usr/bin/vim\0/tmp/ovt-etcd-1x0/m0.log\0"),
+            None
+        );
+        let agent = b"/work/target/debug/overlay-agent\0run\0--config\0/tmp/ovt-lab-5/h1.toml\0";
+        assert_eq!(test_process_kind(agent), Some("agent"));
+        assert_eq!(test_process_kind(b""), None);
+    }
+
+    #[test]
+    fn etcd_dirs_by_prefix_only() {
+        let dir = std::env::temp_dir().join(format!("xtask-etcd-dirs-{}", std::process::id()));
+        fs::create_dir_all(dir.join("ovt-etcd-12x0/m0/member")).unwrap();
+        fs::create_dir_all(dir.join("ovt-lab-12x0")).unwrap();
+        fs::create_dir_all(dir.join("etcd")).unwrap();
+        fs::write(dir.join("ovt-etcd-13x4"), b"").unwrap();
+        let found = test_etcd_dirs(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            found,
+            [dir.join("ovt-etcd-12x0"), dir.join("ovt-etcd-13x4")]
+        );
+        assert!(test_etcd_dirs(&dir).unwrap().is_empty());
     }
 }

@@ -1,0 +1,874 @@
+//! etcd servers for the tests ([`EtcdCluster`]): one or three members, each a
+//! real `/usr/bin/etcd` (Debian's `etcd-server`) in its own namespace plugged
+//! into the underlay's 198.51.100.0/24 segment, optionally with TLS and
+//! client-certificate authentication.
+//!
+//! Member `i` lives in namespace `etcd<i>` at 198.51.100.(250 + i), clients
+//! on port 2379, peers on 2380. Its data, its log and the TLS files go into
+//! one temporary directory `$TMPDIR/ovt-etcd-<pid>x<n>`, which
+//! `cargo xtask test` recognises (with the processes using it) if a crashed
+//! run leaves it behind. Dropping the cluster kills every member, prints their
+//! logs when the test is failing, and removes that directory; the namespaces'
+//! guards then delete the namespaces.
+//!
+//! Members get `PR_SET_PDEATHSIG(SIGKILL)`, which follows the *thread* that
+//! spawned them: start, and restart, members from the thread that keeps the
+//! cluster (the test's own thread).
+
+use std::{
+    env,
+    fs::{self, OpenOptions},
+    io,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Mutex, MutexGuard, Once, PoisonError,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use overlay_agent::netlink::LinkChange;
+use tracing::{error, info, warn};
+
+mod ctl;
+mod tls;
+
+pub use ctl::{EndpointStatus, parse_get, parse_status};
+pub use tls::TlsFiles;
+use tls::write_tls_files;
+
+use crate::{
+    agent::{CliOutput, enter_netns, run_cli_with_env},
+    ns::NetNs,
+    topo::{UL_IF, Underlay, add_addr, add_route, link_veth, set_link},
+};
+
+/// The etcd server (Debian package `etcd-server`, installed by `cargo xtask setup`).
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+/// The etcd client (Debian package `etcd-client`).
+pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
+/// The cluster's temporary directory is `$TMPDIR/ovt-etcd-<pid>x<n>`.
+pub const DIR_PREFIX: &str = "ovt-etcd-";
+/// The address of member 0; member `i` has `FIRST_MEMBER_IP + i`.
+pub const FIRST_MEMBER_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 250);
+/// Members' prefix length on the segment.
+pub const MEMBER_PREFIX_LEN: u8 = 24;
+/// At most this many members (198.51.100.250–.252; .254 is the router).
+pub const MAX_MEMBERS: usize = 3;
+/// Client port of every member.
+pub const CLIENT_PORT: u16 = 2379;
+/// Peer port of every member (peer traffic is always plain HTTP).
+pub const PEER_PORT: u16 = 2380;
+/// Common name of the trusted client certificate ([`TlsFiles::cert_file`]).
+pub const CLIENT_CN: &str = "overlay-agent";
+/// How long [`EtcdCluster::wait_healthy`] and [`EtcdCluster::leader`] wait
+/// (scaled by [`crate::hang_guard`]).
+pub const HEALTHY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`EtcdCluster::stop`] waits after SIGTERM before SIGKILL (scaled).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// etcdctl's `--command-timeout` (scaled).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static CLEANUP: Once = Once::new();
+
+/// What [`EtcdCluster::start`] makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Number of members, 1 to [`MAX_MEMBERS`] (default 1).
+    pub members: usize,
+    /// HTTPS client URLs with client-certificate authentication (default off).
+    pub tls: bool,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            members: 1,
+            tls: false,
+        }
+    }
+}
+
+
+/// One etcd member: its namespace and, while started, its process.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    ip: Ipv4Addr,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    /// Server certificate and key (TLS clusters only).
+    server_tls: Option<(PathBuf, PathBuf)>,
+    /// `Some` from (re)start until [`EtcdCluster::stop`] or
+    /// [`EtcdCluster::kill`]; a process that exited on its own stays here (so
+    /// waits can tell a crash from a stop).
+    child: Mutex<Option<Child>>,
+    /// Declared last: dropped after the process is dead.
+    ns: NetNs,
+}
+
+impl Member {
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn client_url(&self, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://{}:{PEER_PORT}", self.ip)
+    }
+
+    /// `None` while running (or never started), else how it exited.
+    fn exit_status(&self) -> Option<ExitStatus> {
+        let mut child = self.child();
+        let child = child.as_mut()?;
+        child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waitpid on etcd {}: {e}", self.name))
+    }
+
+    /// The pid, while it runs.
+    fn running_pid(&self) -> Option<u32> {
+        let mut child = self.child();
+        let child = child.as_mut()?;
+        let exited = child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waitpid on etcd {}: {e}", self.name));
+        exited.is_none().then(|| child.id())
+    }
+
+    fn is_running(&self) -> bool {
+        self.running_pid().is_some()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// A running etcd cluster on an [`Underlay`]; see the [module docs](self).
+///
+/// Queries take `&self` (a test can hand the cluster around while agents use
+/// it); starting and stopping members takes `&mut self`.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    /// `$TMPDIR/ovt-etcd-<pid>x<n>`: data dirs, logs, TLS files.
+    dir: PathBuf,
+    token: String,
+    tls: Option<TlsFiles>,
+    /// Set once a panic message carried the logs, so `Drop` does not print
+    /// them again.
+    logs_shown: AtomicBool,
+    members: Vec<Member>,
+}
+
+impl EtcdCluster {
+    /// Starts `opts.members` members on the 198.51.100.0/24 segment of
+    /// `underlay` ([`Underlay::segment`]: the routed or the switched
+    /// underlay; panics for `two_hosts`, which has no segment to plug into)
+    /// and waits until all are healthy with a leader. One cluster per
+    /// underlay at a time (the addresses are fixed).
+    ///
+    /// Member `i`: namespace `etcd<i>`, a veth `ul0` <-> `etcd<i>p` (a port
+    /// of the segment bridge) with the underlay's MTU, 198.51.100.(250 + i)/24,
+    /// a default route via [`Underlay::segment_gateway`] if there is one (so
+    /// h3 of the routed underlay reaches it).
+    ///
+    /// Panics, with the members' logs, if they do not become healthy within
+    /// [`HEALTHY_TIMEOUT`].
+    pub fn start(underlay: &Underlay, opts: EtcdOptions) -> EtcdCluster {
+        assert!(
+            (1..=MAX_MEMBERS).contains(&opts.members),
+            "an etcd cluster has 1 to {MAX_MEMBERS} members, not {}",
+            opts.members
+        );
+        for bin in [ETCD_BIN, ETCDCTL_BIN] {
+            assert!(
+                Path::new(bin).is_file(),
+                "{bin} is missing: install etcd-server and etcd-client (cargo xtask setup)"
+            );
+        }
+        let (segment, bridge) = underlay.segment().expect(
+            "etcd needs an underlay with a bridged segment (routed or switched), not two_hosts",
+        );
+        match segment.netlink(|nl| async move { nl.link_by_name("etcd0p").await }) {
+            Ok(None) => {}
+            Ok(Some(_)) => panic!(
+                "this underlay already has an etcd cluster (one at a time: the addresses are fixed)"
+            ),
+            Err(e) => panic!("reading the links of {}: {e:?}", segment.name()),
+        }
+        CLEANUP.call_once(|| {
+            let removed = cleanup_stale_dirs(&env::temp_dir());
+            if !removed.is_empty() {
+                info!(?removed, "deleted stale etcd test directories");
+            }
+        });
+
+        let id = format!(
+            "{DIR_PREFIX}{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = env::temp_dir().join(&id);
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        // From here on a panic drops the cluster, which removes the directory
+        // and kills what was started.
+        let mut cluster = EtcdCluster {
+            dir,
+            token: id,
+            tls: None,
+            logs_shown: AtomicBool::new(false),
+            members: Vec::new(),
+        };
+        let ips: Vec<Ipv4Addr> = (0..opts.members).map(member_ip).collect();
+        let server_tls = if opts.tls {
+            let (files, servers) = write_tls_files(&cluster.dir.join("tls"), &ips);
+            cluster.tls = Some(files);
+            servers.into_iter().map(Some).collect()
+        } else {
+            vec![None; ips.len()]
+        };
+
+        let mtu = underlay.h1.link().mtu;
+        let bridge_index = segment.link(bridge).index;
+        for (i, (ip, server_tls)) in ips.iter().zip(server_tls).enumerate() {
+            let ns = NetNs::new(&format!("etcd{i}"));
+            let port = format!("etcd{i}p");
+            link_veth(&ns, UL_IF, segment, &port, mtu);
+            set_link(
+                segment,
+                &port,
+                LinkChange {
+                    master: Some(bridge_index),
+                    up: Some(true),
+                    ..Default::default()
+                },
+            );
+            add_addr(&ns, UL_IF, &format!("{ip}/{MEMBER_PREFIX_LEN}"));
+            if let Some(gateway) = underlay.segment_gateway() {
+                add_route(&ns, "default", gateway);
+            }
+            cluster.members.push(Member {
+                name: format!("m{i}"),
+                ip: *ip,
+                data_dir: cluster.dir.join(format!("m{i}")),
+                log_path: cluster.dir.join(format!("m{i}.log")),
+                server_tls,
+                child: Mutex::new(None),
+                ns,
+            });
+        }
+        for i in 0..cluster.members.len() {
+            cluster.spawn(i, "new");
+        }
+        let leader = cluster.wait_healthy();
+        info!(dir = %cluster.dir.display(), members = cluster.len(), leader, "etcd cluster up");
+        cluster
+    }
+
+    /// Number of members (running or not).
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Always false: a cluster has at least one member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The client URLs of every member (running or not), member 0 first:
+    /// `http://198.51.100.250:2379`, or `https://` with TLS.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| m.client_url(self.tls.is_some()))
+            .collect()
+    }
+
+    /// The client URL of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        self.member(i).client_url(self.tls.is_some())
+    }
+
+    /// The underlay address of member `i`.
+    pub fn member_ip(&self, i: usize) -> Ipv4Addr {
+        self.member(i).ip
+    }
+
+    /// The namespace of member `i`.
+    pub fn member_ns(&self, i: usize) -> &NetNs {
+        &self.member(i).ns
+    }
+
+    /// The TLS files, for a cluster started with `tls: true`.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The cluster's temporary directory (`$TMPDIR/ovt-etcd-<pid>x<n>`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data directory of member `i` (inside [`EtcdCluster::dir`]).
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.member(i).data_dir
+    }
+
+    /// The pid of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.member(i).running_pid()
+    }
+
+    /// Whether member `i` runs (started and neither stopped nor exited).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.member(i).is_running()
+    }
+
+    /// The output of member `i` so far (every start appends to it).
+    pub fn log(&self, i: usize) -> String {
+        self.member(i).log()
+    }
+
+    /// Stops member `i`: SIGTERM, then SIGKILL if it is still running after
+    /// [`STOP_TIMEOUT`]. It stays stopped until [`EtcdCluster::restart`].
+    /// Returns how it exited; panics if it was not started.
+    ///
+    /// etcd 3.4 handles SIGTERM (a leader hands leadership over first), then
+    /// raises it again: a clean stop reports "killed by SIGTERM", not exit 0.
+    pub fn stop(&mut self, i: usize) -> ExitStatus {
+        let grace = crate::hang_guard(STOP_TIMEOUT);
+        let member = self.member(i);
+        let mut child = member
+            .child()
+            .take()
+            .unwrap_or_else(|| panic!("etcd {} is not started", member.name));
+        if let Some(status) = child.try_wait().expect("waitpid on etcd") {
+            return status;
+        }
+        let pid = Pid::from_raw(child.id() as i32);
+        if let Err(e) = kill(pid, Signal::SIGTERM) {
+            warn!(%pid, error = %e, "SIGTERM to etcd");
+        }
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waitpid on etcd") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                warn!(%pid, ?grace, member = %member.name, "etcd ignored SIGTERM; killing it");
+                break kill_and_reap(&mut child);
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        info!(member = %member.name, %status, "etcd stopped");
+        status
+    }
+
+    /// SIGKILLs member `i`, as a crash would. It stays stopped until
+    /// [`EtcdCluster::restart`]. Panics if it was not started.
+    pub fn kill(&mut self, i: usize) -> ExitStatus {
+        let member = self.member(i);
+        let mut child = member
+            .child()
+            .take()
+            .unwrap_or_else(|| panic!("etcd {} is not started", member.name));
+        let status = match child.try_wait().expect("waitpid on etcd") {
+            Some(status) => status,
+            None => kill_and_reap(&mut child),
+        };
+        info!(member = %member.name, %status, "etcd killed");
+        status
+    }
+
+    /// Starts member `i` again, with its data directory and
+    /// `--initial-cluster-state existing`. Does not wait: call
+    /// [`EtcdCluster::wait_healthy`]. Panics if it runs.
+    pub fn restart(&mut self, i: usize) {
+        let member = self.member(i);
+        assert!(!member.is_running(), "etcd {} is running", member.name);
+        let crashed = member.exit_status();
+        if let Some(status) = crashed {
+            warn!(member = %member.name, %status, "restarting an etcd that had exited on its own");
+        }
+        self.spawn(i, "existing");
+    }
+
+    /// Waits until every running member answers `endpoint health` and all
+    /// agree on a leader that is one of them; returns the leader's index.
+    /// Panics, with every log, if a started member exits meanwhile or after
+    /// [`HEALTHY_TIMEOUT`].
+    pub fn wait_healthy(&self) -> usize {
+        self.poll("all running members healthy with a leader", || {
+            let leader = self.try_leader()?;
+            let health = self.etcdctl_with(
+                self.any_running_ns(),
+                &self.running(),
+                &["endpoint", "health"],
+            );
+            if !health.success() {
+                return Err(format!(
+                    "endpoint health: {}{}",
+                    health.stdout, health.stderr
+                ));
+            }
+            Ok(leader)
+        })
+    }
+
+    /// The index of the leader, as every running member reports it (`etcdctl
+    /// endpoint status`), waiting up to [`HEALTHY_TIMEOUT`] until they agree
+    /// on one of them (during an election they do not). Panics, with every
+    /// log, on timeout.
+    pub fn leader(&self) -> usize {
+        self.poll("a leader all running members agree on", || {
+            self.try_leader()
+        })
+    }
+
+    /// Runs `etcdctl <args>` (API v3) against every running member, from
+    /// inside a running member's namespace, with the client certificate on a
+    /// TLS cluster. Does not check the exit status.
+    pub fn etcdctl(&self, args: &[&str]) -> CliOutput {
+        self.etcdctl_with(self.any_running_ns(), &self.running(), args)
+    }
+
+    /// [`EtcdCluster::etcdctl`] from inside `ns` (a host of the underlay:
+    /// the request crosses the underlay).
+    pub fn etcdctl_in(&self, ns: &NetNs, args: &[&str]) -> CliOutput {
+        self.etcdctl_with(ns, &self.running(), args)
+    }
+
+    /// [`EtcdCluster::etcdctl`] against member `i` alone, from its own
+    /// namespace (with `get --consistency=s`, it answers from its own data).
+    pub fn etcdctl_member(&self, i: usize, args: &[&str]) -> CliOutput {
+        self.etcdctl_with(&self.member(i).ns, &[i], args)
+    }
+
+    /// The global etcdctl flags for this cluster: `--endpoints` (the running
+    /// members), timeouts and, with TLS, `--cacert --cert --key`. For
+    /// callers that run etcdctl themselves.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        self.flags_for(&self.running())
+    }
+
+    /// Puts `key` = `value`; panics if etcdctl fails.
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", "--", key, value]).assert_success();
+    }
+
+    /// Every key under `prefix` with its value, sorted by key (values are
+    /// read as UTF-8, lossily). Panics if etcdctl fails.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.etcdctl(&["get", "--prefix", "-w", "json", "--", prefix]);
+        out.assert_success();
+        parse_get(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
+    }
+
+    /// Deletes every key under `prefix`; returns how many there were.
+    /// Panics if etcdctl fails.
+    pub fn del_prefix(&self, prefix: &str) -> u64 {
+        let out = self.etcdctl(&["del", "--prefix", "--", prefix]);
+        out.assert_success();
+        out.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("etcdctl del printed {:?}: {e}", out.stdout))
+    }
+
+    fn member(&self, i: usize) -> &Member {
+        self.members.get(i).unwrap_or_else(|| {
+            panic!(
+                "no etcd member {i} (the cluster has {})",
+                self.members.len()
+            )
+        })
+    }
+
+    /// Indices of the running members.
+    fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    fn any_running_ns(&self) -> &NetNs {
+        let i = self
+            .running()
+            .first()
+            .copied()
+            .unwrap_or_else(|| self.fail("no etcd member is running"));
+        &self.members[i].ns
+    }
+
+    fn flags_for(&self, members: &[usize]) -> Vec<String> {
+        let endpoints: Vec<String> = members.iter().map(|&i| self.endpoint(i)).collect();
+        let timeout = crate::hang_guard(COMMAND_TIMEOUT);
+        let mut flags = vec![
+            format!("--endpoints={}", endpoints.join(",")),
+            format!("--dial-timeout={}ms", (timeout / 2).as_millis()),
+            format!("--command-timeout={}ms", timeout.as_millis()),
+        ];
+        if let Some(tls) = &self.tls {
+            flags.push(format!("--cacert={}", tls.ca_file.display()));
+            flags.push(format!("--cert={}", tls.cert_file.display()));
+            flags.push(format!("--key={}", tls.key_file.display()));
+        }
+        flags
+    }
+
+    fn etcdctl_with(&self, ns: &NetNs, members: &[usize], args: &[&str]) -> CliOutput {
+        let mut all = self.flags_for(members);
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        run_cli_with_env(
+            Some(ns),
+            Path::new(ETCDCTL_BIN),
+            &all,
+            &[("ETCDCTL_API", "3")],
+        )
+    }
+
+    /// One look at the running members' status: the leader's index, or why
+    /// there is none they all agree on.
+    fn try_leader(&self) -> Result<usize, String> {
+        let running = self.running();
+        if running.is_empty() {
+            return Err("no member is running".to_owned());
+        }
+        // Cheap check first: etcdctl waits its whole timeout for a closed port.
+        for &i in &running {
+            let m = &self.members[i];
+            let addr = SocketAddr::from((m.ip, CLIENT_PORT));
+            let listening = m
+                .ns
+                .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
+            if !listening {
+                return Err(format!("{} does not listen on {addr} yet", m.name));
+            }
+        }
+        let out = self.etcdctl_with(
+            self.any_running_ns(),
+            &running,
+            &["endpoint", "status", "-w", "json"],
+        );
+        let statuses =
+            parse_status(&out.stdout).map_err(|e| format!("{e}: {}{}", out.stdout, out.stderr))?;
+        if statuses.len() != running.len() {
+            return Err(format!(
+                "only {} of {} members answered: {}",
+                statuses.len(),
+                running.len(),
+                out.stderr
+            ));
+        }
+        let leader = statuses[0].leader;
+        if leader == 0 || statuses.iter().any(|s| s.leader != leader) {
+            return Err(format!("no agreed leader: {statuses:?}"));
+        }
+        let leading = statuses
+            .iter()
+            .find(|s| s.member_id == leader)
+            .ok_or_else(|| format!("leader {leader:x} is not a running member: {statuses:?}"))?;
+        self.endpoints()
+            .iter()
+            .position(|e| *e == leading.endpoint)
+            .ok_or_else(|| format!("unknown endpoint {}", leading.endpoint))
+    }
+
+    /// Calls `probe` every 100 ms until it succeeds; panics, with every log,
+    /// if a started member exits or after [`HEALTHY_TIMEOUT`].
+    fn poll<T>(&self, what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+        let timeout = crate::hang_guard(HEALTHY_TIMEOUT);
+        let deadline = Instant::now() + timeout;
+        loop {
+            for m in &self.members {
+                if let Some(status) = m.exit_status() {
+                    self.fail(&format!(
+                        "etcd {} exited ({status}) while waiting for {what}",
+                        m.name
+                    ));
+                }
+            }
+            let last = match probe() {
+                Ok(value) => return value,
+                Err(why) => why,
+            };
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "timed out after {timeout:?} waiting for {what}; last: {last}"
+                ));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Panics with `msg` and every member's log.
+    fn fail(&self, msg: &str) -> ! {
+        self.logs_shown.store(true, Ordering::Relaxed);
+        panic!("{msg}\n{}", self.logs());
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                format!(
+                    "---- etcd log ({}, {} in {}) ----\n{}---- end of etcd log ----\n",
+                    m.log_path.display(),
+                    m.name,
+                    m.ns.name(),
+                    m.log()
+                )
+            })
+            .collect()
+    }
+
+    /// Starts the etcd process of member `i` in its namespace.
+    fn spawn(&self, i: usize, state: &str) {
+        let m = &self.members[i];
+        let initial_cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|p| format!("{}={}", p.name, p.peer_url()))
+            .collect();
+        let client_url = m.client_url(self.tls.is_some());
+        // Heartbeats and elections slow down with everything else on an
+        // emulated machine; leaders would flap otherwise.
+        let heartbeat = crate::hang_guard(Duration::from_millis(100));
+        let election = heartbeat * 10;
+        let mut command = Command::new(ETCD_BIN);
+        command
+            .arg(format!("--name={}", m.name))
+            .arg(format!("--data-dir={}", m.data_dir.display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={}", m.peer_url()))
+            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url()))
+            .arg(format!("--initial-cluster={}", initial_cluster.join(",")))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg(format!("--initial-cluster-token={}", self.token))
+            .arg(format!("--heartbeat-interval={}", heartbeat.as_millis()))
+            .arg(format!("--election-timeout={}", election.as_millis()))
+            // etcd 3.4 defaults to the capnslog logger, which ignores --log-level.
+            .args(["--logger=zap", "--log-level=warn", "--log-outputs=stderr"]);
+        if let (Some(tls), Some((cert, key))) = (&self.tls, &m.server_tls) {
+            command
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth");
+        }
+        // Only the flags count: etcd also reads ETCD_* variables.
+        for (key, _) in env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD") {
+                command.env_remove(key);
+            }
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log_path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", m.log_path.display()));
+        let log_err = log.try_clone().expect("clone log file");
+        command.stdin(Stdio::null()).stdout(log).stderr(log_err);
+        let _ns_file = enter_netns(&mut command, &m.ns);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {ETCD_BIN} in {}: {e}", m.ns.name()));
+        info!(pid = child.id(), member = %m.name, ns = m.ns.name(), state, "etcd started");
+        *m.child() = Some(child);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &self.members {
+            if let Some(mut child) = m.child().take() {
+                match child.try_wait() {
+                    Ok(Some(_)) => {}
+                    _ => {
+                        if let Err(e) = child.kill() {
+                            error!(member = %m.name, error = %e, "killing etcd");
+                        }
+                        if let Err(e) = child.wait() {
+                            error!(member = %m.name, error = %e, "reaping etcd");
+                        }
+                    }
+                }
+            }
+        }
+        if thread::panicking() && !self.logs_shown.load(Ordering::Relaxed) {
+            eprint!("{}", self.logs());
+        }
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Never panic while panicking: that would abort and hide the
+            // first failure.
+            Err(e) if thread::panicking() => {
+                error!(dir = %self.dir.display(), error = %e, "removing the etcd directory");
+            }
+            Err(e) => panic!("removing {}: {e}", self.dir.display()),
+        }
+    }
+}
+
+fn kill_and_reap(child: &mut Child) -> ExitStatus {
+    if let Err(e) = child.kill() {
+        warn!(pid = child.id(), error = %e, "SIGKILL to etcd");
+    }
+    child.wait().expect("waitpid on etcd")
+}
+
+/// The address of member `i`.
+pub fn member_ip(i: usize) -> Ipv4Addr {
+    assert!(i < MAX_MEMBERS, "no etcd member {i}");
+    Ipv4Addr::from(u32::from(FIRST_MEMBER_IP) + i as u32)
+}
+
+/// The pid embedded in a cluster directory name `ovt-etcd-<pid>x<n>`.
+fn embedded_pid(name: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix(DIR_PREFIX)?.split_once('x')?;
+    pid.parse().ok()
+}
+
+/// Removes the `ovt-etcd-<pid>x<n>` directories in `tmp` whose process
+/// `<pid>` no longer exists (left by a test process that was killed; its
+/// members died with it through `PR_SET_PDEATHSIG`), and returns their
+/// names. Never touches directories of running processes.
+pub fn cleanup_stale_dirs(tmp: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(pid) = embedded_pid(&name) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match fs::remove_dir_all(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) => warn!(%name, error = %e, "removing a stale etcd directory"),
+        }
+    }
+    removed
+}
+
+/// One entry of `etcdctl endpoint status -w json`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ips() {
+        assert_eq!(member_ip(0), Ipv4Addr::new(198, 51, 100, 250));
+        assert_eq!(member_ip(2), Ipv4Addr::new(198, 51, 100, 252));
+    }
+
+    #[test]
+    fn pid_in_dir_name() {
+        assert_eq!(embedded_pid("ovt-etcd-1234x7"), Some(1234));
+        assert_eq!(embedded_pid("ovt-etcd-x7"), None);
+        assert_eq!(embedded_pid("ovt-lab-1234x7"), None);
+        assert_eq!(embedded_pid("ovt-etcd-12a4x7"), None);
+    }
+
+    /// Real etcd 3.4.23 output: one member answered, one was unreachable.
+    #[test]
+    fn status_json() {
+        let json = r#"[{"Endpoint":"http://127.0.0.1:2379","Status":{"header":{"cluster_id":16645438370749438781,"member_id":11188960661303352088,"revision":1,"raft_term":2},"version":"3.4.23","dbSize":20480,"leader":11188960661303352088,"raftIndex":4,"raftTerm":2,"raftAppliedIndex":4,"dbSizeInUse":16384}}]"#;
+        assert_eq!(
+            parse_status(json).unwrap(),
+            [EndpointStatus {
+                endpoint: "http://127.0.0.1:2379".to_owned(),
+                member_id: 11188960661303352088,
+                leader: 11188960661303352088,
+            }]
+        );
+        assert_eq!(parse_status("[]\n").unwrap(), []);
+        assert!(parse_status("").is_err());
+        assert!(parse_status(r#"[{"Endpoint":"x"}]"#).is_err());
+    }
+
+    /// Real etcd 3.4.23 output: `put a/1 -x`, `put a/2 ""`, then an empty range.
+    #[test]
+    fn get_json() {
+        let json = r#"{"header":{"cluster_id":1,"member_id":2,"revision":3,"raft_term":2},"kvs":[{"key":"YS8x","create_revision":2,"mod_revision":2,"version":1,"value":"LXg="},{"key":"YS8y","create_revision":3,"mod_revision":3,"version":1}],"count":2}"#;
+        assert_eq!(
+            parse_get(json).unwrap(),
+            [
+                ("a/1".to_owned(), "-x".to_owned()),
+                ("a/2".to_owned(), String::new())
+            ]
+        );
+        let empty = r#"{"header":{"cluster_id":1,"member_id":2,"revision":2,"raft_term":2}}"#;
+        assert_eq!(parse_get(empty).unwrap(), []);
+        assert!(parse_get(r#"{"kvs":[{"key":"!!"}]}"#).is_err());
+    }
+
+    #[test]
+    fn stale_dirs_of_dead_processes_only() {
+        let tmp = env::temp_dir().join(format!("ovt-etcd-unit-{}", std::process::id()));
+        // A pid that cannot exist (above the kernel's maximum) and ours.
+        let dead = tmp.join("ovt-etcd-4194305x0");
+        let alive = tmp.join(format!("ovt-etcd-{}x0", std::process::id()));
+        let other = tmp.join("ovt-lab-4194305x0");
+        for dir in [&dead, &alive, &other] {
+            fs::create_dir_all(dir.join("m0")).unwrap();
+        }
+        let removed = cleanup_stale_dirs(&tmp);
+        let left = (alive.exists(), other.exists(), dead.exists());
+        fs::remove_dir_all(&tmp).unwrap();
+        assert_eq!(removed, ["ovt-etcd-4194305x0"]);
+        assert_eq!(left, (true, true, false));
+    }
+
+    #[test]
+    fn tls_files_written() {
+        let dir = env::temp_dir().join(format!("ovt-etcd-certs-{}", std::process::id()));
+        let (files, servers) = write_tls_files(&dir, &[member_ip(0), member_ip(1)]);
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        let pems = [
+            read(&files.ca_file),
+            read(&files.cert_file),
+            read(&files.key_file),
+            read(&files.rogue_cert_file),
+            read(&servers[1].0),
+        ];
+        let key_mode = fs::metadata(&files.key_file).unwrap().permissions();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(pems[0].starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(pems[2].starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_ne!(pems[1], pems[3]);
+        assert_eq!(servers.len(), 2);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(key_mode.mode() & 0o777, 0o600);
+    }
+}
