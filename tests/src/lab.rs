@@ -52,6 +52,40 @@ pub fn suite_mode() -> DatapathMode {
     }
 }
 
+/// The store the lab's agents share.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LabStore {
+    /// A `dir` store in the lab's directory.
+    #[default]
+    Dir,
+    /// An etcd cluster (see [`crate::etcd::EtcdCluster`]): its client URLs and, for a
+    /// TLS cluster, the CA and client certificate files.
+    Etcd { endpoints: Vec<String>, tls: Option<crate::etcd::TlsFiles> },
+}
+
+impl LabStore {
+    /// The store of `cluster`.
+    pub fn etcd(cluster: &crate::etcd::EtcdCluster) -> LabStore {
+        LabStore::Etcd { endpoints: cluster.endpoints(), tls: cluster.tls().cloned() }
+    }
+}
+
+/// How a lab's agents are configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabOptions {
+    pub store: LabStore,
+    /// `[store] lease_ttl_s`: short in tests that watch nodes die.
+    pub lease_ttl_s: u64,
+    /// Extra lines for each agent's `[datapath]` section.
+    pub datapath_extra: String,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { store: LabStore::Dir, lease_ttl_s: 60, datapath_extra: String::new() }
+    }
+}
+
 /// One host of the lab and its agent.
 #[derive(Debug)]
 pub struct Node {
@@ -88,6 +122,7 @@ pub struct Lab {
     pub bpffs_root: PathBuf,
     pub networks: Vec<NetworkDef>,
     pub binary: PathBuf,
+    pub options: LabOptions,
     keep_dir: bool,
 }
 
@@ -97,6 +132,11 @@ impl Lab {
     /// Writes one agent config per host of `underlay`, serving `networks`.
     /// Agents are not started: see [`Lab::start_agent`] / [`Lab::start_all`].
     pub fn new(underlay: Underlay, networks: &[NetworkDef]) -> Lab {
+        Self::with_options(underlay, networks, LabOptions::default())
+    }
+
+    /// [`Lab::new`] with another store, lease TTL or datapath settings.
+    pub fn with_options(underlay: Underlay, networks: &[NetworkDef], options: LabOptions) -> Lab {
         let id = format!("{}x{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(format!("ovt-lab-{id}"));
         let store_dir = dir.join("store");
@@ -111,6 +151,7 @@ impl Lab {
             bpffs_root,
             networks: networks.to_vec(),
             binary: agent_binary(),
+            options,
             keep_dir: false,
         };
         let names: Vec<String> = lab.hosts().iter().map(|h| short_name(&h.ns)).collect();
@@ -148,8 +189,26 @@ impl Lab {
         for n in &self.networks {
             text += &format!("[[network]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n\n", n.name, n.vni, n.subnet);
         }
-        text += &format!("[store]\nbackend = \"dir\"\npath = \"{}\"\n\n", self.store_dir.display());
-        text += &format!("[datapath]\nmode = \"{mode}\"\n");
+        let ttl = self.options.lease_ttl_s;
+        match &self.options.store {
+            LabStore::Dir => {
+                text += &format!("[store]\nbackend = \"dir\"\npath = \"{}\"\nlease_ttl_s = {ttl}\n\n", self.store_dir.display());
+            }
+            LabStore::Etcd { endpoints, tls } => {
+                let urls: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+                text += &format!("[store]\nbackend = \"etcd\"\nendpoints = [{}]\nlease_ttl_s = {ttl}\n", urls.join(", "));
+                if let Some(t) = tls {
+                    text += &format!(
+                        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                        t.ca_file.display(),
+                        t.cert_file.display(),
+                        t.key_file.display()
+                    );
+                }
+                text += "\n";
+            }
+        }
+        text += &format!("[datapath]\nmode = \"{mode}\"\n{}\n", self.options.datapath_extra);
         let config = node_dir.join("agent.toml");
         std::fs::write(&config, text).expect("writing agent config");
         Node { name: name.into(), config, bpffs_dir, state_dir, mode, env: Vec::new(), agent: None }
@@ -185,10 +244,39 @@ impl Lab {
         }
     }
 
-    /// SIGTERM, wait; returns the exit status.
+    /// SIGTERM, wait; returns the exit status. The datapath stays up.
     pub fn stop_agent(&mut self, i: usize) -> ExitStatus {
         let mut agent = self.nodes[i].agent.take().expect("agent not running");
         agent.stop()
+    }
+
+    /// SIGKILL, as a crash would; returns the exit status.
+    pub fn kill_agent(&mut self, i: usize) -> ExitStatus {
+        let mut agent = self.nodes[i].agent.take().expect("agent not running");
+        agent.kill()
+    }
+
+    /// `overlay-agent down` on host `i`: the agent (if running) removes everything and
+    /// exits. Panics unless it succeeds; returns its output.
+    pub fn down(&mut self, i: usize) -> CliOutput {
+        let out = self.cli(i, &["down"]);
+        out.assert_success();
+        if let Some(mut agent) = self.nodes[i].agent.take() {
+            let deadline = Instant::now() + crate::hang_guard(Duration::from_secs(10));
+            while agent.is_running() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let status = agent.stop();
+            assert!(status.success(), "agent of {} exited with {status} after down; log:\n{}", self.nodes[i].name, agent.log());
+        }
+        out
+    }
+
+    /// `status --json` of host `i`.
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let out = self.cli(i, &["status", "--json"]);
+        out.assert_success();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("parsing status: {e}\n{}", out.stdout))
     }
 
     /// Runs `overlay-agent --config <host i's config> args...`.

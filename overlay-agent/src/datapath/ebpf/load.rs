@@ -4,7 +4,7 @@
 //! A pinned map is reused only if the kernel reports the same type, key size, value
 //! size, flags and capacity as this build would create (and it sits in this build's
 //! layout directory, see [`super::pins`]). Otherwise the map is made new and pinned
-//! beside the old one as `<MAP>.new`: the agent fills it, switches the programs to it,
+//! beside the old one as `<MAP>_new` (bpffs refuses names with a dot): the agent fills it, switches the programs to it,
 //! and only then renames it over the old pin (bpffs renames atomically), so the old
 //! programs keep their old maps until the switch.
 
@@ -110,7 +110,7 @@ pub fn load(pins: &Pins, caps: &Capacities, kernel: &str) -> Result<Loaded, Ebpf
         if reuse {
             loader.map_pin_path(name, pin);
         } else {
-            // A `.new` pin left by an upgrade that did not finish holds who knows what.
+            // A `_new` pin left by an upgrade that did not finish holds who knows what.
             let staged = pins.staged(name);
             remove_file(&staged)?;
             loader.map_pin_path(name, staged);
@@ -134,7 +134,7 @@ pub fn load(pins: &Pins, caps: &Capacities, kernel: &str) -> Result<Loaded, Ebpf
     Ok(Loaded { ebpf, features, fresh })
 }
 
-/// Moves a fresh map's `.new` pin over the map's pin (after the switch).
+/// Moves a fresh map's `_new` pin over the map's pin (after the switch).
 pub fn commit_fresh(pins: &Pins, name: &'static str) -> Result<(), EbpfError> {
     let (from, to) = (pins.staged(name), pins.map(name));
     std::fs::rename(&from, &to).map_err(|source| EbpfError::Io { path: from, source })

@@ -50,7 +50,7 @@ impl Pins {
 
     /// Where a new map waits until the programs switch to it.
     pub fn staged(&self, name: &str) -> PathBuf {
-        self.maps_dir().join(format!("{name}.new"))
+        self.maps_dir().join(format!("{name}_new"))
     }
 
     pub fn links_dir(&self) -> PathBuf {
