@@ -233,6 +233,9 @@ impl Agent {
                 Ok(applied) => {
                     let first = !self.synced;
                     self.synced = true;
+                    if first {
+                        self.initial_sync = Some(self.watch_started.elapsed());
+                    }
                     info!(
                         changed = applied.changed,
                         not_installed = applied.full,

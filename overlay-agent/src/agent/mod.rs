@@ -126,6 +126,10 @@ pub struct Agent {
     /// The last registration failure logged (each distinct one is logged once).
     register_error: Option<String>,
     started: Instant,
+    /// When the store's watch (and its first list) started, and how long until the
+    /// datapath held all of it.
+    watch_started: Instant,
+    initial_sync: Option<Duration>,
 }
 
 /// How the main loop ended.
@@ -155,6 +159,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let (api_tx, mut api_rx) = mpsc::channel::<server::Call>(16);
     let server = tokio::spawn(server::serve(listener, api_tx));
     let (start, end) = agent.keys.watch_range();
+    agent.watch_started = Instant::now();
     let mut store_rx = agent.kv.watch(start, end);
     let (session_tx, mut session_rx) = mpsc::channel(4);
     let keeper = tokio::spawn(control::keep_lease(

@@ -375,6 +375,7 @@ impl Agent {
                 registered: self.registered,
                 synced: self.synced,
                 pending_withdrawals: self.pending_withdrawals.len(),
+                initial_sync_ms: self.initial_sync.map(|d| d.as_millis() as u64),
             },
             networks: self
                 .config

@@ -230,6 +230,8 @@ pub(super) async fn start(config: Config) -> Result<(Agent, UnixListener), Agent
         conn,
         register_error: None,
         started: Instant::now(),
+        watch_started: Instant::now(),
+        initial_sync: None,
     };
     // Local entries only: nothing learnt from the store is removed before its first
     // full list has been applied.

@@ -125,6 +125,9 @@ pub struct StoreInfo {
     pub synced: bool,
     /// Endpoint deletions still to be withdrawn from the store (made while unreachable).
     pub pending_withdrawals: usize,
+    /// From the start of the first store list to the datapath holding all of it.
+    #[serde(default)]
+    pub initial_sync_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
