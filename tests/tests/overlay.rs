@@ -392,35 +392,47 @@ fn bad_config_and_missing_agent_give_clear_errors_and_create_nothing() {
 }
 
 #[test]
-fn stopping_the_agents_leaves_nothing_behind() {
+fn down_leaves_nothing_behind() {
     let mut lab = full_lab();
     assert!(pings(lab.container("b1"), lab.container("b3"), 1));
     let names: Vec<String> = lab.containers.iter().map(|c| c.ns.name().to_string()).collect();
     for i in 0..lab.nodes.len() {
-        let status = lab.stop_agent(i);
-        assert!(status.success(), "agent {} exited with {status}", lab.nodes[i].name);
+        let out = lab.down(i);
+        assert!(out.stdout.contains("removed"), "{}", out.stdout);
         let node = &lab.nodes[i];
         assert!(!node.bpffs_dir.exists(), "{} left pins in {}", node.name, node.bpffs_dir.display());
         assert!(!node.state_dir.join("agent.sock").exists(), "{} left its socket", node.name);
+        assert!(!node.state_dir.join("state.json").exists(), "{} left its state", node.name);
         let links = lab.host(i).ns.netlink(|nl| async move { nl.links().await.unwrap() });
         // Veths (ovl*), bridges (ovbr*), VXLAN devices (ovvx*): all gone.
         let ours: Vec<_> = links.iter().filter(|l| l.name.starts_with("ov")).collect();
         assert!(ours.is_empty(), "{} left links: {ours:?}", node.name);
         // Only the underlay and loopback remain, with no program attached.
         let out = lab.cli(i, &["map", "dump"]);
-        assert!(!out.success(), "pins still readable after stop on {}", node.name);
+        assert!(!out.success(), "pins still readable after down on {}", node.name);
+        // A second down finds nothing to do and succeeds.
+        lab.down(i);
     }
     // Containers lost their interface with the veth: only loopback remains.
     for c in &lab.containers {
         let links = c.ns.netlink(|nl| async move { nl.links().await.unwrap() });
         assert_eq!(links.len(), 1, "{} still has {links:?}", c.name);
     }
-    let records = std::fs::read_dir(lab.store_dir.join("nodes")).unwrap().count();
-    assert_eq!(records, 0, "node records left in the store");
+    // The store holds nothing of the nodes: no record, no claim.
+    let left: Vec<_> = walk(&lab.store_dir.join("overlay/v1"));
+    assert!(left.is_empty(), "records left in the store: {left:?}");
     let bpffs_root = lab.bpffs_root.clone();
     drop(lab);
     assert!(!bpffs_root.exists(), "the lab's bpffs directory survived");
     for name in names {
         assert!(!integration_tests::ns::netns_exists(&name), "namespace {name} survived");
     }
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    rd.flatten()
+        .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
+        .collect()
 }

@@ -137,7 +137,7 @@ enum Stop {
     /// SIGTERM/SIGINT: leave everything running.
     Release,
     /// `down`: remove everything; the reply goes back once done.
-    Down(tokio::sync::oneshot::Sender<crate::api::Response>),
+    Down(server::Call),
 }
 
 /// Runs the agent until SIGTERM/SIGINT or `down`. Must be called on a tokio runtime.
@@ -188,11 +188,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping; the datapath stays up"); break Stop::Release; }
             _ = sigint.recv() => { info!("SIGINT: stopping; the datapath stays up"); break Stop::Release; }
-            Some((req, reply)) = api_rx.recv() => {
-                if matches!(req, crate::api::Request::Down) {
-                    break Stop::Down(reply);
+            Some(call) = api_rx.recv() => {
+                if matches!(call.request, crate::api::Request::Down) {
+                    break Stop::Down(call);
                 }
-                agent.handle(req, reply).await;
+                agent.handle(call.request, call.reply).await;
             }
             Some(event) = store_rx.recv() => {
                 let mut batch = vec![event];
@@ -228,15 +228,19 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             agent.datapath.release();
             Ok(())
         }
-        Stop::Down(reply) => {
+        Stop::Down(call) => {
             let result = teardown::down(agent).await;
+            remove_socket(&socket);
             let response = match &result {
                 Ok(removed) => crate::api::Response::Down { removed: removed.clone() },
                 Err(e) => crate::api::Response::Error { message: e.to_string() },
             };
-            // The CLI may have gone away; nothing to do about it.
-            let _client_gone = reply.send(response);
-            remove_socket(&socket);
+            // The CLI may have gone away; nothing to do about it then.
+            if call.reply.send(response).is_ok()
+                && tokio::time::timeout(Duration::from_secs(2), call.written).await.is_err()
+            {
+                warn!("the CLI did not take the answer to `down`");
+            }
             result.map(drop).map_err(AgentError::from)
         }
     }

@@ -64,6 +64,8 @@ pub enum RequestError {
     StoreDown { store: String, since: String },
     #[error("the agent is still loading the store's contents; retry in a moment")]
     NotSynced,
+    #[error("the agent has not reached the store ({store}) yet; retry in a moment (`overlay-agent status` shows the store)")]
+    StoreConnecting { store: String },
     #[error(transparent)]
     Claim(#[from] ClaimError),
     #[error(transparent)]
@@ -118,8 +120,12 @@ impl Agent {
 
     /// Refuses changes that need the store while it cannot take them.
     fn store_ready(&self) -> Result<(), RequestError> {
-        if let Connection::Disconnected { since } = *self.conn.borrow() {
-            return Err(RequestError::StoreDown { store: self.kv.describe(), since: rfc3339(since) });
+        match *self.conn.borrow() {
+            Connection::Disconnected { since } => {
+                return Err(RequestError::StoreDown { store: self.kv.describe(), since: rfc3339(since) });
+            }
+            Connection::Connecting => return Err(RequestError::StoreConnecting { store: self.kv.describe() }),
+            Connection::Connected => {}
         }
         if !self.synced {
             return Err(RequestError::NotSynced);
@@ -355,6 +361,7 @@ impl Agent {
 
     fn status(&self) -> StatusInfo {
         let (state, since) = match *self.conn.borrow() {
+            Connection::Connecting => ("connecting".to_string(), None),
             Connection::Connected => ("connected".to_string(), None),
             Connection::Disconnected { since } => ("disconnected".to_string(), Some(rfc3339(since))),
         };

@@ -12,8 +12,13 @@ use tracing::{debug, warn};
 
 use super::{Request, Response};
 
-/// A request and where its answer goes.
-pub type Call = (Request, oneshot::Sender<Response>);
+/// A request, where its answer goes, and word that the answer has been written back to
+/// the client (so that an agent about to exit can wait for it).
+pub struct Call {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+    pub written: oneshot::Receiver<()>,
+}
 
 /// Largest request line accepted (a request is a few hundred bytes).
 const MAX_LINE: usize = 64 * 1024;
@@ -70,11 +75,14 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
     while let Some(line) = lines.next_line().await? {
+        let mut done = None;
         let response = match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error { message: format!("malformed request: {e}") },
-            Ok(req) => {
-                let (tx, rx) = oneshot::channel();
-                if calls.send((req, tx)).await.is_err() {
+            Ok(request) => {
+                let (reply, rx) = oneshot::channel();
+                let (tx, written) = oneshot::channel();
+                done = Some(tx);
+                if calls.send(Call { request, reply, written }).await.is_err() {
                     Response::Error { message: "the agent is shutting down".into() }
                 } else {
                     rx.await.unwrap_or(Response::Error { message: "the agent is shutting down".into() })
@@ -84,6 +92,11 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
         let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
         out.push(b'\n');
         write.write_all(&out).await?;
+        write.flush().await?;
+        if let Some(done) = done.take() {
+            // Nobody may be waiting; that is fine.
+            let _nobody_waits = done.send(());
+        }
     }
     Ok(())
 }

@@ -499,6 +499,29 @@ impl Netlink {
         Ok(())
     }
 
+    /// `ip route add blackhole DST/LEN`: traffic to it is dropped (tests use it to cut a
+    /// host off from one address). Idempotent.
+    pub async fn add_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix_len)
+            .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
+            .build();
+        let result = self.handle.route().add(msg).execute().await;
+        idempotent(result, &[libc::EEXIST], "add blackhole route", format!("{dst}/{prefix_len}")).map(drop)
+    }
+
+    /// Removes a route added by [`Netlink::add_blackhole_route`]; fine if it is gone.
+    pub async fn del_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix_len)
+            .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
+            .build();
+        let result = self.handle.route().del(msg).execute().await;
+        idempotent(result, &[libc::ESRCH, libc::ENOENT], "delete blackhole route", format!("{dst}/{prefix_len}")).map(drop)
+    }
+
     /// Adds (or replaces) a permanent ARP entry `address` -> `mac` on link
     /// `index`, like `ip neigh replace ADDRESS lladdr MAC dev IF nud permanent`.
     pub async fn add_neighbour(

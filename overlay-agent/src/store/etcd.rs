@@ -89,7 +89,7 @@ impl EtcdKv {
         let client = Client::connect(&s.endpoints, Some(options))
             .await
             .map_err(|source| StoreError::Etcd { op: "configuring the client", source })?;
-        let (tx, _) = watch::channel(Connection::Disconnected { since: SystemTime::now() });
+        let (tx, _) = watch::channel(Connection::Connecting);
         Ok(Self { client, endpoints: s.endpoints.join(","), conn: Arc::new(tx) })
     }
 
@@ -98,7 +98,7 @@ impl EtcdKv {
         match res {
             Ok(v) => {
                 self.conn.send_if_modified(|c| {
-                    if matches!(c, Connection::Disconnected { .. }) {
+                    if *c != Connection::Connected {
                         info!(endpoints = %self.endpoints, "store: connected to etcd");
                         *c = Connection::Connected;
                         true
@@ -120,7 +120,7 @@ impl EtcdKv {
 
     fn disconnected(&self, e: &StoreError) {
         self.conn.send_if_modified(|c| {
-            if *c == Connection::Connected {
+            if !matches!(c, Connection::Disconnected { .. }) {
                 warn!(endpoints = %self.endpoints, error = %e, "store: etcd unreachable; forwarding goes on with the last known state, retrying");
                 *c = Connection::Disconnected { since: SystemTime::now() };
                 true
@@ -245,12 +245,19 @@ impl Kv for EtcdKv {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
         let mut client = self.client.lease_client();
-        let (mut keeper, mut stream) = self.track("renewing the lease", client.keep_alive(lease).await)?;
-        self.track("renewing the lease", keeper.keep_alive().await)?;
-        match self.track("renewing the lease", stream.message().await)? {
-            // etcd answers TTL 0 for a lease it no longer has.
-            Some(resp) => Ok(resp.ttl() > 0),
-            None => Err(StoreError::Unanswered { op: "renewing the lease" }),
+        // Opening the keep-alive stream sends one renewal and waits for its answer
+        // (bounded here: a stream on a dead connection would wait forever).
+        let renewed = tokio::time::timeout(REQUEST_TIMEOUT, client.keep_alive(lease))
+            .await
+            .unwrap_or(Err(etcd_client::Error::IoError(std::io::ErrorKind::TimedOut.into())));
+        match renewed {
+            Ok(_keeper) => self.track("renewing the lease", Ok(true)),
+            // etcd answers TTL 0 for a lease it no longer has; the client calls that "lease
+            // not found". The store answered: it is reachable.
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
+                self.track("renewing the lease", Ok(false))
+            }
+            Err(e) => self.track("renewing the lease", Err(e)),
         }
     }
 

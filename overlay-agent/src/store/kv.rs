@@ -104,6 +104,8 @@ pub enum WatchEvent {
 /// Whether the store can be reached, as `status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connection {
+    /// No request has been answered or failed yet.
+    Connecting,
     Connected,
     /// Since when (the first failure after the last success).
     Disconnected { since: std::time::SystemTime },
