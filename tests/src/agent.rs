@@ -113,6 +113,41 @@ impl AgentProcess {
         Self::spawn_with_env(ns, binary, config, &[])
     }
 
+    /// Starts the agent as a person would from a shell: `ip netns exec NS binary run
+    /// --config FILE`. Unlike [`AgentProcess::spawn`], `ip netns exec` gives the agent a
+    /// private mount namespace with a fresh `/sys` (no bpffs there).
+    pub fn spawn_ip_netns_exec(ns: &NetNs, binary: &Path, config: &Path) -> AgentProcess {
+        let log_path = config.with_extension("log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
+        let log_err = log.try_clone().expect("clone log file");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns.name()])
+            .arg(binary)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("ip netns exec {} {}: {e}", ns.name(), binary.display()));
+        info!(pid = child.id(), ns = ns.name(), "agent started through ip netns exec");
+        AgentProcess { child: Some(child), status: None, log_path, ns_name: ns.name().to_owned() }
+    }
+
     /// [`AgentProcess::spawn`] with extra environment variables.
     pub fn spawn_with_env(ns: &NetNs, binary: &Path, config: &Path, env: &[(String, String)]) -> AgentProcess {
         let log_path = config.with_extension("log");
@@ -310,6 +345,18 @@ impl CliOutput {
         );
         self
     }
+}
+
+/// Runs `ip netns exec NS binary args...` to completion, as a person would from
+/// another shell (a private mount namespace with its own `/sys`).
+pub fn run_cli_ip_netns_exec<I, S>(ns: &NetNs, binary: &Path, args: I) -> CliOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut full: Vec<std::ffi::OsString> = vec!["netns".into(), "exec".into(), ns.name().into(), binary.into()];
+    full.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    run_cli(None, Path::new("ip"), full)
 }
 
 /// Runs `binary args...` to completion, inside `ns` if given (else in the

@@ -435,6 +435,28 @@ impl Netlink {
         Ok(())
     }
 
+    /// Removes `address/prefix_len` from link `index`; fine if it is not there.
+    pub async fn del_address(&self, index: u32, address: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let mut request = self.handle.address().get().set_link_index_filter(index);
+        request.message_mut().header.family = AddressFamily::Inet;
+        let messages: Vec<AddressMessage> = request
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error("dump addresses", format!("#{index}")))?;
+        for m in messages {
+            let matches = m.header.prefix_len == prefix_len
+                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address));
+            if matches {
+                let result = self.handle.address().del(m).execute().await;
+                idempotent(result, &[libc::EADDRNOTAVAIL, libc::ENOENT], "delete address", format!("{address}/{prefix_len} on #{index}"))?;
+                debug!(index, %address, prefix_len, "deleted address");
+            }
+        }
+        Ok(())
+    }
+
     /// The IPv4 addresses of link `index`, with their prefix lengths, in the
     /// kernel's order (primary first).
     pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
