@@ -174,7 +174,7 @@ fn concurrent_adds_of_one_ip_on_two_hosts_give_it_to_exactly_one() {
 
 #[test]
 fn an_etcd_outage_keeps_forwarding_refuses_adds_and_resyncs_on_reconnect() {
-    let (mut etcd, mut lab) = three_hosts(EtcdOptions::default());
+    let (mut etcd, lab) = three_hosts(EtcdOptions::default());
     let c_mac = lab.container("c").mac;
     etcd.stop(0);
     // Forwarding goes on with what the hosts know.

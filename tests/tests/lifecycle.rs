@@ -68,9 +68,10 @@ fn a_dead_node_vanishes_within_ttl_on_the_dir_store_too() {
 
 fn set_h2_address(lab: &Lab, old: Ipv4Addr, new: Ipv4Addr) {
     let index = lab.host(1).link().index;
+    // The old one first: deleting a primary address takes its subnet's secondaries along.
     lab.host(1).ns.netlink(|nl| async move {
-        nl.add_address(index, new, 24).await.expect("adding the new address");
         nl.del_address(index, old, 24).await.expect("removing the old address");
+        nl.add_address(index, new, 24).await.expect("adding the new address");
     });
 }
 
@@ -145,7 +146,6 @@ fn ip_netns_exec_pins_on_the_host_bpffs_and_other_shells_see_them() {
     }
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
     lab.start_agent(1);
-    let (ns, bin, cfg) = (&lab.host(0).ns, lab.binary.clone(), lab.nodes[0].config.clone());
     let spawn = |lab: &mut Lab| {
         let mut agent = AgentProcess::spawn_ip_netns_exec(&lab.host(0).ns, &lab.binary, &lab.nodes[0].config);
         let (bin, cfg) = (lab.binary.clone(), lab.nodes[0].config.clone());
@@ -154,7 +154,6 @@ fn ip_netns_exec_pins_on_the_host_bpffs_and_other_shells_see_them() {
         });
         lab.nodes[0].agent = Some(agent);
     };
-    let _ = (ns, bin, cfg);
     spawn(&mut lab);
     lab.add_container(0, "a", BLUE, ip("10.0.10.11"));
     lab.add_container(1, "b", BLUE, ip("10.0.10.12"));
@@ -176,10 +175,13 @@ fn ip_netns_exec_pins_on_the_host_bpffs_and_other_shells_see_them() {
     // `down` from yet another shell removes everything, pins included.
     let out = run_cli_ip_netns_exec(&lab.host(0).ns, &lab.binary, ["--config".as_ref(), cfg.as_os_str(), "down".as_ref()]);
     out.assert_success();
-    if let Some(mut agent) = lab.nodes[0].agent.take() {
-        agent.wait_until("the agent exits after down", Duration::from_secs(10), || false == false && true);
-        let _status = agent.stop();
+    let mut agent = lab.nodes[0].agent.take().expect("the agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.is_running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(!agent.is_running(), "the agent did not exit after down");
+    assert!(agent.stop().success(), "{}", agent.log());
     assert!(!lab.nodes[0].bpffs_dir.exists(), "down left pins on the host's bpffs");
 }
 
@@ -193,7 +195,7 @@ fn kernel_mode_repairs_entries_a_device_lost_going_down_and_up() {
     lab.add_container(0, "a", BLUE, ip("10.0.10.11"));
     lab.add_container(1, "b", BLUE, ip("10.0.10.12"));
     lab.wait_converged(CONVERGE);
-    let b = lab.container("b").clone_identity();
+    let b = (lab.container("b").ip, lab.container("b").mac);
     let vx = lab.host(0).ns.link("ovvx42").index;
     lab.host(0).ns.netlink(|nl: Netlink| async move {
         nl.set_link(vx, LinkChange { up: Some(false), ..Default::default() }).await.unwrap();
@@ -209,14 +211,13 @@ fn a_taken_host_side_name_is_skipped_and_other_nodes_veths_are_never_swept() {
     require_root();
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
     lab.start_agent(0);
-    let ns = &lab.host(0).ns;
     let target = ip("10.0.10.11");
     let first = overlay_agent::plumb::host_ifname(BLUE.vni, target, 0);
     // A stranger holds the first candidate name; another node's endpoint the second.
     let second = overlay_agent::plumb::host_ifname(BLUE.vni, target, 1);
     let other = overlay_agent::plumb::alias("elsewhere", BLUE.vni, target);
     let (f, s) = (first.clone(), second.clone());
-    ns.netlink(|nl| async move {
+    lab.host(0).ns.netlink(|nl| async move {
         nl.create_veth(&f, "strangerp").await.unwrap();
         nl.create_veth(&s, "otherp").await.unwrap();
         let idx = nl.link_by_name(&s).await.unwrap().unwrap().index;
@@ -229,7 +230,8 @@ fn a_taken_host_side_name_is_skipped_and_other_nodes_veths_are_never_swept() {
     // A restart sweeps this node's orphans only: the stranger and the other node's veth stay.
     assert!(lab.stop_agent(0).success());
     lab.start_agent(0);
-    let links: Vec<String> = ns.netlink(|nl| async move { nl.links().await.unwrap() }).into_iter().map(|l| l.name).collect();
+    let links: Vec<String> =
+        lab.host(0).ns.netlink(|nl| async move { nl.links().await.unwrap() }).into_iter().map(|l| l.name).collect();
     for name in [&first, &second, &third] {
         assert!(links.contains(name), "{name} was removed: {links:?}");
     }
@@ -265,7 +267,7 @@ fn a_full_map_is_a_clear_error_and_shows_in_status() {
     let x = NetNs::new("x");
     let out = lab.cli(0, &["endpoint", "add", "--network", "blue", "--netns", x.name(), "--ip", "10.0.10.12"]);
     assert!(!out.success());
-    assert!(out.stderr.contains("is full") && out.stderr.contains("fdb_capacity"), "{}", out.stderr);
+    assert!(out.stderr.contains("is full") && out.stderr.contains("_capacity and restart"), "{}", out.stderr);
     // Room frees up: the entries that did not fit get in.
     for i in 0..5u8 {
         lab.cli(1, &["remote", "del", "--network", "blue", "--ip", &format!("10.0.10.{}", 100 + i)]).assert_success();
