@@ -13,7 +13,7 @@ use integration_tests::{
     AgentProcess, NetNs,
     agent::run_cli_ip_netns_exec,
     etcd::{EtcdCluster, EtcdOptions},
-    lab::{BLUE, Lab, LabOptions, LabStore, suite_mode},
+    lab::{BLUE, Lab, LabOptions, LabStore},
     ping, require_root,
     topo::{H2_IP, Underlay},
 };
@@ -140,11 +140,9 @@ fn no_stale_state_on_etcd() {
 #[test]
 fn ip_netns_exec_pins_on_the_host_bpffs_and_other_shells_see_them() {
     require_root();
-    if suite_mode() == DatapathMode::Kernel {
-        // Kernel mode pins nothing; the eBPF run of the suite covers this.
-        return;
-    }
+    // Pins exist in eBPF mode only: this test runs it whatever the suite's mode.
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+    lab.set_mode(0, DatapathMode::Ebpf);
     lab.start_agent(1);
     let spawn = |lab: &mut Lab| {
         let mut agent = AgentProcess::spawn_ip_netns_exec(&lab.host(0).ns, &lab.binary, &lab.nodes[0].config);
@@ -240,11 +238,11 @@ fn a_taken_host_side_name_is_skipped_and_other_nodes_veths_are_never_swept() {
 #[test]
 fn a_full_map_is_a_clear_error_and_shows_in_status() {
     require_root();
-    if suite_mode() == DatapathMode::Kernel {
-        return; // the kernel's tables have no fixed capacity
-    }
+    // The kernel's tables have no fixed capacity: this test runs eBPF mode whatever the
+    // suite's mode.
     let opts = LabOptions { datapath_extra: "fdb_capacity = 16\nneigh_capacity = 16".into(), ..Default::default() };
     let mut lab = Lab::with_options(Underlay::two_hosts(), &[BLUE], opts);
+    lab.set_mode(0, DatapathMode::Ebpf);
     lab.start_all();
     lab.add_container(0, "a", BLUE, ip("10.0.10.11"));
     // 20 static endpoints: 15 fit beside a.
