@@ -13,6 +13,10 @@ pub struct Args {
     /// Leave the lab's namespaces and agents in place when it finishes, for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// The store the lab's agents share: a directory (default) or an etcd server the lab
+    /// starts in a namespace of its own.
+    #[arg(long, value_parser = ["dir", "etcd"], default_value = "dir")]
+    pub store: String,
     /// Further arguments for overlay-lab (after `--`).
     #[arg(last = true)]
     pub lab_args: Vec<OsString>,
@@ -33,6 +37,7 @@ pub fn execute(args: &Args) -> Result<()> {
     if args.keep {
         cmd.arg("--keep");
     }
+    cmd.args(["--store", &args.store]);
     cmd.args(&args.lab_args)
         .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"))
         .current_dir(workspace::root());

@@ -3,6 +3,8 @@
 //! 10.0.10.11 on h2 in network `blue` (VNI 42, UDP 4789), one agent per host. Shows c1
 //! pinging c2, each host's `map dump` and `status`, then removes everything.
 //! `--keep` leaves the lab up until Ctrl-C (or SIGTERM) and prints how to explore it.
+//! `--store etcd` puts the hosts on a switch with an etcd server (198.51.100.250, in its
+//! own namespace) instead of the default `dir` store.
 
 use std::{
     net::Ipv4Addr,
@@ -13,7 +15,8 @@ use std::{
 
 use integration_tests::{
     agent::run_cli,
-    lab::{BLUE, Lab},
+    etcd::{EtcdCluster, EtcdOptions},
+    lab::{BLUE, Lab, LabOptions, LabStore},
     topo::Underlay,
 };
 use integration_tests::interrupt;
@@ -31,18 +34,29 @@ fn show(title: &str, out: &integration_tests::CliOutput) {
 }
 
 fn main() -> ExitCode {
-    let keep = std::env::args().skip(1).any(|a| a == "--keep");
-    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
-        println!("usage: overlay-lab [--keep]\n  --keep  leave the lab up until Ctrl-C and print commands to explore it");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "usage: overlay-lab [--keep] [--store dir|etcd]\n  --keep        leave the lab up until Ctrl-C and print commands to explore it\n  --store etcd  agents on an etcd server in the lab (default: a dir store)"
+        );
         return ExitCode::SUCCESS;
     }
+    let keep = args.iter().any(|a| a == "--keep");
+    let etcd = match args.iter().position(|a| a == "--store").map(|i| args.get(i + 1).map(String::as_str)) {
+        None | Some(Some("dir")) => false,
+        Some(Some("etcd")) => true,
+        Some(other) => {
+            eprintln!("error: --store takes dir or etcd, not {other:?}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Ctrl-C or SIGTERM: finish the current step, then tear everything down (the Lab's
     // guards do it on drop). Handlers are reset to default in the children at exec.
     if let Err(e) = interrupt::install() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    match run(keep) {
+    match run(keep, etcd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -55,9 +69,18 @@ fn interrupted() -> Result<(), String> {
     if interrupt::requested() { Err("interrupted; lab removed".into()) } else { Ok(()) }
 }
 
-fn run(keep: bool) -> Result<(), String> {
-    say("building the underlay: h1 198.51.100.1/24 <-> h2 198.51.100.2/24 (network namespaces)");
-    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+fn run(keep: bool, etcd: bool) -> Result<(), String> {
+    let (mut lab, _etcd) = if etcd {
+        say("building the underlay: h1 198.51.100.1/24 and h2 198.51.100.2/24 on a switch, etcd at 198.51.100.250 (network namespaces)");
+        let underlay = Underlay::switched();
+        let cluster = EtcdCluster::start(&underlay, EtcdOptions::default());
+        let opts = LabOptions { store: LabStore::etcd(&cluster), ..Default::default() };
+        println!("  etcd = netns {}, {}", cluster.member_ns(0).name(), cluster.endpoint(0));
+        (Lab::with_options(underlay, &[BLUE], opts), Some(cluster))
+    } else {
+        say("building the underlay: h1 198.51.100.1/24 <-> h2 198.51.100.2/24 (network namespaces)");
+        (Lab::new(Underlay::two_hosts(), &[BLUE]), None)
+    };
     // What users get by default: eBPF where it runs, the kernel datapath otherwise.
     for i in 0..lab.nodes.len() {
         lab.set_mode(i, overlay_agent::config::DatapathMode::Auto);
@@ -114,7 +137,10 @@ fn run(keep: bool) -> Result<(), String> {
         say(&format!("to tear it down: press Ctrl-C here, or `kill {}`", std::process::id()));
         interrupt::wait();
     }
-    say("tearing down: agents stop (removing veths and pins), namespaces are deleted");
+    say("tearing down: `overlay-agent down` on each host (removes veths, pins, devices and store records), then the namespaces");
+    for i in 0..lab.nodes.len() {
+        lab.down(i);
+    }
     drop(lab);
     println!("done: nothing left behind");
     Ok(())
