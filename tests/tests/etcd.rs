@@ -285,3 +285,63 @@ fn tls_with_client_certificates() {
     assert!(!out.success(), "an add without the store succeeded");
     assert!(etcd.get_prefix("/overlay/v1/nodes/h3").is_empty(), "h3 registered with an untrusted certificate");
 }
+
+#[test]
+fn a_watch_that_falls_behind_a_compaction_relists_and_leaves_nothing_stale() {
+    require_root();
+    let underlay = Underlay::routed();
+    let etcd = EtcdCluster::start(&underlay, EtcdOptions::default());
+    // A TTL long enough that the short cut below does not end h2's lease.
+    let mut lab = etcd_lab(underlay, &etcd, 30);
+    lab.start_all();
+    lab.add_container(0, "a", BLUE, ip("10.0.10.11"));
+    lab.add_container(1, "b", BLUE, ip("10.0.10.12"));
+    lab.add_container(0, "gone", BLUE, ip("10.0.10.21"));
+    lab.wait_converged(CONVERGE);
+    let gone_mac = lab.container("gone").mac;
+    // h2 loses etcd; meanwhile h1 deletes one endpoint and adds another, and etcd
+    // compacts its history past what h2 saw.
+    let member = etcd.member_ip(0);
+    lab.host(1).ns.netlink(|nl| async move { nl.add_blackhole_route(member, 32).await.expect("blackhole route") });
+    // Until h2 notices (its watch stream breaks), so that it has to resume the watch.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.status(1)["store"]["state"] != "disconnected" {
+        assert!(Instant::now() < deadline, "h2 never noticed it lost etcd");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.cli(0, &["endpoint", "del", "--network", "blue", "--ip", "10.0.10.21"]).assert_success();
+    lab.add_container(0, "new", BLUE, ip("10.0.10.22"));
+    let new_mac = lab.container("new").mac;
+    let status = etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let revision = status.stdout.split("\"revision\":").nth(1).and_then(|r| r.split([',', '}']).next()).expect("revision").to_string();
+    etcd.etcdctl(&["compact", revision.trim()]).assert_success();
+    lab.host(1).ns.netlink(|nl| async move { nl.del_blackhole_route(member, 32).await.expect("removing the blackhole route") });
+    lab.wait_for_dump(1, "h2 caught up", Duration::from_secs(20), |d| knows(d, new_mac) && !knows(d, gone_mac));
+    assert!(lab.nodes[1].agent.as_ref().unwrap().log().contains("relisting"), "h2 did not relist after the compaction");
+    assert!(pings(&lab, "b", "new"));
+}
+
+#[test]
+fn a_restart_while_etcd_is_down_keeps_every_entry_until_the_store_is_back() {
+    let (mut etcd, mut lab) = three_hosts(EtcdOptions::default());
+    let before = lab.dump(0);
+    etcd.stop(0);
+    assert!(lab.stop_agent(0).success());
+    lab.start_agent(0);
+    // No store: the adopted datapath stays as it was, nothing is removed.
+    std::thread::sleep(Duration::from_secs(1));
+    let during = lab.dump(0);
+    assert_eq!(before.fdb, during.fdb, "entries changed before the first full list");
+    assert_eq!(before.neighbours, during.neighbours);
+    assert!(pings(&lab, "a", "b") && pings(&lab, "a", "c"));
+    assert_ne!(lab.status(0)["store"]["synced"], true);
+    etcd.restart(0);
+    etcd.wait_healthy();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lab.status(0)["store"]["synced"] != true {
+        assert!(Instant::now() < deadline, "h1 never synced after etcd came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lab.dump(0).fdb, before.fdb);
+    assert!(pings(&lab, "a", "c"));
+}

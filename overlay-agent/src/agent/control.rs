@@ -22,7 +22,7 @@ use crate::{
         backoff::Backoff,
         kv::{Kv, LeaseId, NO_LEASE, WatchEvent},
         registry::{self, ClaimError, Registered},
-        sync::{Change, Decoder},
+        sync::Change,
     },
 };
 
@@ -86,6 +86,11 @@ impl Retry {
     pub async fn tick(&mut self) {
         tokio::time::sleep_until(self.next).await;
         self.next = tokio::time::Instant::now() + self.backoff.next_delay();
+    }
+
+    /// After the work succeeded: the next failure is retried quickly again.
+    pub fn reset(&mut self) {
+        self.backoff.reset();
     }
 }
 
@@ -210,12 +215,11 @@ impl Agent {
     /// Applies a batch of store events to [`Desired`] and the datapath. A full list
     /// (the first, or after a relist) is compared with the datapath as a whole.
     pub(super) async fn apply_store_events(&mut self, batch: Vec<WatchEvent>) {
-        let mut decoder = Decoder::new(self.keys.clone());
         let mut full = false;
         let started = std::time::Instant::now();
         let events = batch.len();
         for event in batch {
-            match decoder.decode(event) {
+            match self.decoder.decode(event) {
                 Some(Change::Snapshot(records)) => {
                     debug!(records = records.len(), "full store list");
                     self.desired.snapshot(records);

@@ -126,6 +126,9 @@ pub struct Agent {
     /// The last registration failure logged (each distinct one is logged once).
     register_error: Option<String>,
     started: Instant,
+    /// Turns the watch's key-value events into records (remembering which keys held
+    /// invalid records, to log each once).
+    decoder: crate::store::sync::Decoder,
     /// When the store's watch (and its first list) started, and how long until the
     /// datapath held all of it.
     watch_started: Instant,
@@ -211,7 +214,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                     agent.register().await;
                 }
             }
-            _ = retry.tick(), if agent.store_work_pending() => agent.register().await,
+            _ = retry.tick(), if agent.store_work_pending() => {
+                agent.register().await;
+                if !agent.store_work_pending() {
+                    retry.reset();
+                }
+            }
             _ = resync.tick(), if agent.synced && matches!(agent.datapath, AnyDatapath::Kernel(_)) => {
                 if let Err(e) = agent.datapath.resync(&agent.desired).await {
                     error!(error = %e, "repairing the kernel's tables");

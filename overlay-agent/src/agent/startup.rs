@@ -212,7 +212,7 @@ pub(super) async fn start(config: Config) -> Result<(Agent, UnixListener), Agent
     let (lease_tx, _) = watch::channel(lease);
     let conn = kv.connection();
     let mut agent = Agent {
-        keys,
+        keys: keys.clone(),
         clsact_added: settings.clsact_added,
         config,
         host,
@@ -229,6 +229,7 @@ pub(super) async fn start(config: Config) -> Result<(Agent, UnixListener), Agent
         pending_withdrawals: pending,
         conn,
         register_error: None,
+        decoder: crate::store::sync::Decoder::new(keys.clone()),
         started: Instant::now(),
         watch_started: Instant::now(),
         initial_sync: None,
