@@ -91,6 +91,31 @@ pub fn enter_netns(command: &mut Command, ns: &NetNs) -> File {
     file
 }
 
+/// The agent's log file next to its config (`FILE.log`), opened for stdout and stderr.
+fn log_files(config: &Path) -> (PathBuf, File, File) {
+    let log_path = config.with_extension("log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
+    let log_err = log.try_clone().expect("clone log file");
+    (log_path, log, log_err)
+}
+
+/// `PR_SET_PDEATHSIG(SIGKILL)` for the child: it dies with the thread that spawned it.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running agent daemon (`overlay-agent run --config FILE`), its output in
 /// `FILE` with the extension `.log`. Dropping it kills the agent if it still
 /// runs and, when the test is failing, prints its log.
@@ -117,13 +142,7 @@ impl AgentProcess {
     /// --config FILE`. Unlike [`AgentProcess::spawn`], `ip netns exec` gives the agent a
     /// private mount namespace with a fresh `/sys` (no bpffs there).
     pub fn spawn_ip_netns_exec(ns: &NetNs, binary: &Path, config: &Path) -> AgentProcess {
-        let log_path = config.with_extension("log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
-        let log_err = log.try_clone().expect("clone log file");
+        let (log_path, log, log_err) = log_files(config);
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", ns.name()])
@@ -134,15 +153,7 @@ impl AgentProcess {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command.spawn().unwrap_or_else(|e| panic!("ip netns exec {} {}: {e}", ns.name(), binary.display()));
         info!(pid = child.id(), ns = ns.name(), "agent started through ip netns exec");
         AgentProcess { child: Some(child), status: None, log_path, ns_name: ns.name().to_owned() }
@@ -150,13 +161,7 @@ impl AgentProcess {
 
     /// [`AgentProcess::spawn`] with extra environment variables.
     pub fn spawn_with_env(ns: &NetNs, binary: &Path, config: &Path, env: &[(String, String)]) -> AgentProcess {
-        let log_path = config.with_extension("log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log_path.display()));
-        let log_err = log.try_clone().expect("clone log file");
+        let (log_path, log, log_err) = log_files(config);
         let mut command = Command::new(binary);
         command
             .arg("run")
@@ -167,15 +172,7 @@ impl AgentProcess {
             .stderr(log_err)
             .envs(env.iter().map(|(k, v)| (k, v)));
         let _ns_file = enter_netns(&mut command, ns);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {} in {}: {e}", binary.display(), ns.name()));

@@ -435,17 +435,17 @@ impl Netlink {
         Ok(())
     }
 
+    /// The kernel's IPv4 address messages of link `index`.
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, NetlinkError> {
+        let mut request = self.handle.address().get().set_link_index_filter(index);
+        request.message_mut().header.family = AddressFamily::Inet;
+        request.execute().try_collect().await.map_err(request_error("dump addresses", format!("of #{index}")))
+    }
+
     /// Removes `address/prefix_len` from link `index`; fine if it is not there.
     pub async fn del_address(&self, index: u32, address: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
         validate_prefix_len(prefix_len)?;
-        let mut request = self.handle.address().get().set_link_index_filter(index);
-        request.message_mut().header.family = AddressFamily::Inet;
-        let messages: Vec<AddressMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(request_error("dump addresses", format!("#{index}")))?;
-        for m in messages {
+        for m in self.address_messages(index).await? {
             let matches = m.header.prefix_len == prefix_len
                 && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address));
             if matches {
@@ -460,14 +460,9 @@ impl Netlink {
     /// The IPv4 addresses of link `index`, with their prefix lengths, in the
     /// kernel's order (primary first).
     pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        let mut request = self.handle.address().get().set_link_index_filter(index);
-        request.message_mut().header.family = AddressFamily::Inet;
-        let messages: Vec<AddressMessage> = request
-            .execute()
-            .try_collect()
-            .await
-            .map_err(request_error("dump addresses", format!("of #{index}")))?;
-        Ok(messages
+        Ok(self
+            .address_messages(index)
+            .await?
             .iter()
             .filter(|message| message.header.family == AddressFamily::Inet)
             .filter_map(|message| {

@@ -131,7 +131,6 @@ pub async fn publish_endpoint<K: Kv>(
     lease: LeaseId,
 ) -> Result<(), ClaimError> {
     let ep_key = keys.endpoint(vni, ip);
-    let mac_key = keys.mac_claim(vni, record.mac);
     let value = encode(record);
     if let Some(cur) = kv.get(&ep_key).await?
         && cur.lease == lease
@@ -142,19 +141,40 @@ pub async fn publish_endpoint<K: Kv>(
         // This lease's older record of the same IP (a changed MAC): take it back first.
         withdraw_endpoint(kv, keys, vni, ip, lease).await?;
     }
-    let txn = Txn::default()
-        .when(Cond::Absent(ep_key.clone()))
-        .when(Cond::Absent(keys.static_endpoint(vni, ip)))
-        .when(Cond::Absent(mac_key.clone()))
-        .put(ep_key.clone(), value, lease)
-        .put(mac_key.clone(), ep_key.into_bytes(), lease);
-    match kv.txn(txn).await? {
-        TxnOutcome::Applied => Ok(()),
-        TxnOutcome::Failed { cond, current } if cond.key() == mac_key => {
-            Err(ClaimError::MacTaken { mac: record.mac, network: record.network.clone(), holder: holder_of(&current, keys) })
-        }
-        TxnOutcome::Failed { current, .. } => {
-            Err(ClaimError::IpTaken { ip, network: record.network.clone(), holder: holder_of(&current, keys) })
+    let claim = Claim { vni, ip, mac: record.mac, network: &record.network };
+    claim.take(kv, keys, ep_key, value, lease).await
+}
+
+/// An IP and a MAC of a network, claimed for one key (an endpoint or a static endpoint)
+/// in one transaction: the key, its IP's other key and the MAC's claim must all be absent.
+struct Claim<'a> {
+    vni: u32,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    network: &'a str,
+}
+
+impl Claim<'_> {
+    async fn take<K: Kv>(&self, kv: &K, keys: &Keys, key: String, value: Vec<u8>, lease: LeaseId) -> Result<(), ClaimError> {
+        let other = if key == keys.endpoint(self.vni, self.ip) {
+            keys.static_endpoint(self.vni, self.ip)
+        } else {
+            keys.endpoint(self.vni, self.ip)
+        };
+        let mac_key = keys.mac_claim(self.vni, self.mac);
+        let txn = Txn::default()
+            .when(Cond::Absent(key.clone()))
+            .when(Cond::Absent(other))
+            .when(Cond::Absent(mac_key.clone()))
+            .put(key.clone(), value, lease)
+            .put(mac_key.clone(), key.into_bytes(), lease);
+        let network = self.network.to_owned();
+        match kv.txn(txn).await? {
+            TxnOutcome::Applied => Ok(()),
+            TxnOutcome::Failed { cond, current } if cond.key() == mac_key => {
+                Err(ClaimError::MacTaken { mac: self.mac, network, holder: holder_of(&current, keys) })
+            }
+            TxnOutcome::Failed { current, .. } => Err(ClaimError::IpTaken { ip: self.ip, network, holder: holder_of(&current, keys) }),
         }
     }
 }
@@ -179,23 +199,8 @@ pub async fn withdraw_endpoint<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Add
 
 /// Declares a static endpoint (under no lease), claiming its IP and MAC.
 pub async fn put_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Addr, record: &StaticRecord) -> Result<(), ClaimError> {
-    let key = keys.static_endpoint(vni, ip);
-    let mac_key = keys.mac_claim(vni, record.mac);
-    let txn = Txn::default()
-        .when(Cond::Absent(key.clone()))
-        .when(Cond::Absent(keys.endpoint(vni, ip)))
-        .when(Cond::Absent(mac_key.clone()))
-        .put(key.clone(), encode(record), NO_LEASE)
-        .put(mac_key.clone(), key.into_bytes(), NO_LEASE);
-    match kv.txn(txn).await? {
-        TxnOutcome::Applied => Ok(()),
-        TxnOutcome::Failed { cond, current } if cond.key() == mac_key => {
-            Err(ClaimError::MacTaken { mac: record.mac, network: record.network.clone(), holder: holder_of(&current, keys) })
-        }
-        TxnOutcome::Failed { current, .. } => {
-            Err(ClaimError::IpTaken { ip, network: record.network.clone(), holder: holder_of(&current, keys) })
-        }
-    }
+    let claim = Claim { vni, ip, mac: record.mac, network: &record.network };
+    claim.take(kv, keys, keys.static_endpoint(vni, ip), encode(record), NO_LEASE).await
 }
 
 /// Removes a static endpoint and its MAC claim; returns what was there.
