@@ -220,7 +220,9 @@ CFG
     "$agent" --config /tmp/vmprobe.toml status --json > "$out/status.json" 2>/dev/null && break
     sleep 1; i=$((i+1))
   done
-  kill -TERM $pid; wait $pid; ip netns del vmprobe
+  # `down` removes what the probe made (SIGTERM would leave its datapath running).
+  "$agent" --config /tmp/vmprobe.toml down > /dev/null 2>&1 || kill -TERM $pid
+  wait $pid; ip netns del vmprobe
   start=$(date +%s)
   OVERLAY_AGENT_BIN="$agent" OVERLAY_TEST_DATAPATH="$mode" OVERLAY_TEST_SLOW="${OVERLAY_TEST_SLOW:-1}" \
     "$tests" --test-threads=1 "$@"
