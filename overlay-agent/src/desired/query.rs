@@ -1,0 +1,155 @@
+//! What [`Desired`] holds: the entries the datapath must have, and the views `status`,
+//! `endpoint list` and the store side need.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use super::{Desired, FdbTarget, LocalEndpoint, Remote};
+use crate::{mac::MacAddr, records::StaticRecord};
+
+impl Desired {
+    /// The remote endpoint in effect at (vni, ip), if any.
+    pub fn remote(&self, vni: u32, ip: Ipv4Addr) -> Option<Remote> {
+        if !self.serves(vni) || self.local_ip.contains_key(&(vni, ip)) {
+            return None;
+        }
+        if let Some(p) = self.endpoints.get(&(vni, ip)) {
+            if *p.node == *self.me {
+                // This node's own record, without a local container (being withdrawn).
+                return None;
+            }
+            if let Some(&vtep) = self.nodes.get(&p.node) {
+                return Some(Remote { mac: p.mac, vtep, udp_port: p.udp_port, node: Some(p.node.clone()) });
+            }
+        }
+        self.statics
+            .get(&(vni, ip))
+            .map(|s| Remote { mac: s.mac, vtep: s.vtep, udp_port: s.udp_port, node: None })
+    }
+
+    /// The MAC that answers ARP for (vni, ip).
+    pub fn neigh(&self, vni: u32, ip: Ipv4Addr) -> Option<MacAddr> {
+        if let Some(ifindex) = self.local_ip.get(&(vni, ip)) {
+            return self.local.get(ifindex).map(|l| l.mac);
+        }
+        self.remote(vni, ip).map(|r| r.mac)
+    }
+
+    /// Where frames for (vni, mac) go.
+    pub fn fdb(&self, vni: u32, mac: MacAddr) -> Option<FdbTarget> {
+        if let Some(&ifindex) = self.local_mac.get(&(vni, mac)) {
+            return Some(FdbTarget::Local { ifindex });
+        }
+        let ip = self.mac_owners.get(&(vni, mac))?.first();
+        self.remote(vni, ip).map(|r| FdbTarget::Remote { vtep: r.vtep, udp_port: r.udp_port })
+    }
+
+    pub fn local(&self) -> &BTreeMap<u32, LocalEndpoint> {
+        &self.local
+    }
+
+    pub fn local_endpoint(&self, ifindex: u32) -> Option<&LocalEndpoint> {
+        self.local.get(&ifindex)
+    }
+
+    /// Host-side veths of `vni`'s local endpoints (broadcast copies), in ifindex order.
+    pub fn flood_local(&self, vni: u32) -> Vec<u32> {
+        self.local.values().filter(|l| l.vni == vni).map(|l| l.ifindex).collect()
+    }
+
+    /// Remote VTEPs (with their UDP port) that have endpoints in `vni`.
+    pub fn flood_remote(&self, vni: u32) -> BTreeSet<(Ipv4Addr, u16)> {
+        self.flood.get(&vni).map(|m| m.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Every neighbour entry.
+    pub fn all_neigh(&self) -> impl Iterator<Item = ((u32, Ipv4Addr), MacAddr)> + '_ {
+        let local = self.local.values().map(|l| ((l.vni, l.ip), l.mac));
+        let remote = self
+            .endpoints
+            .keys()
+            .chain(self.statics.keys().filter(|k| !self.endpoints.contains_key(k)))
+            .filter_map(|&(vni, ip)| self.remote(vni, ip).map(|r| ((vni, ip), r.mac)));
+        local.chain(remote)
+    }
+
+    /// Every FDB entry.
+    pub fn all_fdb(&self) -> impl Iterator<Item = ((u32, MacAddr), FdbTarget)> + '_ {
+        let local = self.local.values().map(|l| ((l.vni, l.mac), FdbTarget::Local { ifindex: l.ifindex }));
+        let remote = self
+            .mac_owners
+            .keys()
+            .filter(|k| !self.local_mac.contains_key(k))
+            .filter_map(|&(vni, mac)| self.fdb(vni, mac).map(|t| ((vni, mac), t)));
+        local.chain(remote)
+    }
+
+    /// Remote endpoints in effect in `vni` (for `status`).
+    pub fn remote_count(&self, vni: u32) -> usize {
+        self.flood.get(&vni).map_or(0, |m| m.values().map(|&n| n as usize).sum())
+    }
+
+    /// Known nodes other than this one: (name, VTEP, endpoints published).
+    pub fn peers(&self) -> Vec<(String, Ipv4Addr, usize)> {
+        let mut out: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|(n, _)| ***n != *self.me)
+            .map(|(n, &vtep)| (n.to_string(), vtep, self.node_endpoints.get(n).map_or(0, HashSet::len)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn node_vtep(&self, node: &str) -> Option<Ipv4Addr> {
+        self.nodes.get(node).copied()
+    }
+
+    /// Published endpoints: (vni, ip, node, network, mac).
+    pub fn published(&self) -> impl Iterator<Item = (u32, Ipv4Addr, &str, &str, MacAddr)> + '_ {
+        self.endpoints.iter().map(|(&(vni, ip), p)| (vni, ip, &*p.node, &*p.network, p.mac))
+    }
+
+    /// This node's endpoints as the store shows them: (vni, ip) → MAC.
+    pub fn own_published(&self) -> HashMap<(u32, Ipv4Addr), MacAddr> {
+        self.node_endpoints
+            .get(self.me.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.endpoints.get(k).map(|p| (*k, p.mac)))
+            .collect()
+    }
+
+    pub fn statics(&self) -> impl Iterator<Item = (u32, Ipv4Addr, &StaticRecord)> + '_ {
+        self.statics.iter().map(|(&(vni, ip), s)| (vni, ip, s))
+    }
+
+    pub fn static_at(&self, vni: u32, ip: Ipv4Addr) -> Option<&StaticRecord> {
+        self.statics.get(&(vni, ip))
+    }
+
+    /// Who holds (vni, ip) or (vni, mac) in the store or on this host, as a name for
+    /// messages: `Some((true, holder))` for the IP, `(false, holder)` for the MAC.
+    pub fn holder(&self, vni: u32, ip: Ipv4Addr, mac: MacAddr) -> Option<(bool, String)> {
+        if self.local_ip.contains_key(&(vni, ip)) {
+            return Some((true, self.me.clone()));
+        }
+        if let Some(p) = self.endpoints.get(&(vni, ip)) {
+            return Some((true, p.node.to_string()));
+        }
+        if self.statics.contains_key(&(vni, ip)) {
+            return Some((true, "static".into()));
+        }
+        if self.local_mac.contains_key(&(vni, mac)) {
+            return Some((false, self.me.clone()));
+        }
+        if let Some(o) = self.mac_owners.get(&(vni, mac))
+            && let Some(r) = self.remote(vni, o.first())
+        {
+            return Some((false, r.node.map_or_else(|| "static".to_string(), |n| n.to_string())));
+        }
+        None
+    }
+}
