@@ -145,6 +145,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let socket = config.socket_path();
+    if cfg!(feature = "upgrade-test-variant") {
+        warn!(
+            layout = overlay_common::maps::LAYOUT_VERSION,
+            "this agent is the upgrade-test variant, a build for the restart tests only (see overlay-agent/Cargo.toml)"
+        );
+    }
     let (mut agent, listener) = match startup::start(config).await {
         Ok(started) => started,
         Err(e) => {
