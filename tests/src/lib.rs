@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod continuity;
 pub mod etcd;
 pub mod interrupt;
 pub mod lab;
@@ -21,6 +22,7 @@ pub mod topo;
 pub mod traffic;
 
 pub use agent::{AgentProcess, CliOutput, agent_binary, run_cli};
+pub use continuity::{LongConnection, Pinger};
 pub use etcd::{EtcdCluster, EtcdOptions, TlsFiles};
 pub use ns::NetNs;
 pub use topo::{Host, Underlay, UnderlayBuilder};
