@@ -227,7 +227,7 @@ pub fn assert_adopted(before: &HostSnapshot, after: &HostSnapshot, restart: Rest
         Restart::OtherBuild => {
             assert_ne!(
                 a.layout_dirs, b.layout_dirs,
-                "{host}: the other build kept the map layout directory"
+                "{host}: the other build kept the map layout directory: is it another build (the upgrade-test variant)?"
             );
             let old: Vec<u32> = b.maps.values().copied().collect();
             assert!(
