@@ -30,9 +30,9 @@ use std::{
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api::server::{self, ServerError},
@@ -163,7 +163,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     };
 
     let (api_tx, mut api_rx) = mpsc::channel::<server::Call>(16);
-    let server = tokio::spawn(server::serve(listener, api_tx));
+    let (server_stop, server_stopped) = oneshot::channel();
+    let server = tokio::spawn(server::serve(listener, api_tx, server_stopped));
     let (start, end) = agent.keys.watch_range();
     agent.watch_started = Instant::now();
     let mut store_rx = agent.kv.watch(start, end);
@@ -225,10 +226,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             }
         }
     };
-    server.abort();
     keeper.abort();
+    // Requests the loop will not take any more are answered with an error at once.
+    drop(api_rx);
     match stop {
         Stop::Release => {
+            stop_server(server, server_stop).await;
             agent.save_state();
             remove_socket(&socket);
             agent.datapath.release();
@@ -242,9 +245,21 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             };
             // The CLI may have gone away; nothing to do about it.
             let _client_gone = reply.send(response);
+            // The reply is written before the runtime (and its connection task) ends.
+            stop_server(server, server_stop).await;
             remove_socket(&socket);
             result.map(drop).map_err(AgentError::from)
         }
+    }
+}
+
+/// Stops the control server, letting open connections write their replies.
+async fn stop_server(server: tokio::task::JoinHandle<()>, stop: oneshot::Sender<()>) {
+    if stop.send(()).is_err() {
+        debug!("the control server had already ended");
+    }
+    if let Err(e) = server.await {
+        warn!(error = %e, "the control server task failed");
     }
 }
 
