@@ -282,6 +282,29 @@ impl Lab {
         out
     }
 
+    /// The records in the lab's `dir` store: every key's file, without the store's own
+    /// files (their names start with `.`).
+    pub fn store_records(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let path = e.path();
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.store_dir, &mut out);
+        out.sort();
+        out
+    }
+
     /// `status --json` of host `i`.
     pub fn status(&self, i: usize) -> serde_json::Value {
         let out = self.cli(i, &["status", "--json"]);
