@@ -223,25 +223,42 @@ fn agent_links(lab: &Lab, i: usize) -> Vec<String> {
     links.into_iter().map(|l| l.name).filter(|n| n.starts_with("ov")).collect()
 }
 
+/// Nothing of the mode host 0 ran before is left once it runs `mode`.
+fn assert_only(lab: &Lab, mode: DatapathMode) {
+    let links = agent_links(lab, 0);
+    if mode == DatapathMode::Kernel {
+        assert!(!lab.nodes[0].bpffs_dir.exists(), "kernel mode kept the eBPF pins");
+    } else {
+        assert!(links.iter().all(|l| !l.starts_with("ovbr")), "eBPF mode kept kernel mode's bridges: {links:?}");
+    }
+}
+
 #[test]
 fn switching_modes_leaves_no_residue() {
     require_root();
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE, RED]);
     lab.start_agent(1);
     lab.add_container(1, "peer", BLUE, ip("10.0.10.12"));
+    // SIGTERM leaves the datapath running for the next start (restart.rs); a start in
+    // the other mode removes it.
     for mode in [DatapathMode::Ebpf, DatapathMode::Kernel, DatapathMode::Ebpf] {
         lab.set_mode(0, mode);
         lab.start_agent(0);
+        assert_only(&lab, mode);
         let c = NetNs::new(&format!("sw{mode}"));
         lab.cli(0, &["endpoint", "add", "--network", "blue", "--netns", c.name(), "--ip", "10.0.10.11"]).assert_success();
         lab.wait_for_dump(1, "peer learns the endpoint", CONVERGE, |d| d.fdb.iter().any(|f| f.vtep == Some(lab.host(0).ip)));
         assert!(ping(&c, ip("10.0.10.12"), 2, Duration::from_secs(2)).received == 2, "{mode}");
+        lab.cli(0, &["endpoint", "del", "--network", "blue", "--ip", "10.0.10.11"]).assert_success();
         let status = lab.stop_agent(0);
         assert!(status.success(), "{mode}: {status}");
-        assert!(agent_links(&lab, 0).is_empty(), "{mode} left {:?}", agent_links(&lab, 0));
-        assert!(!lab.nodes[0].bpffs_dir.exists(), "{mode} left pins");
     }
-    // A crash (SIGKILL) leaves residue; the next start, in the other mode, removes it.
+    lab.down(0);
+    assert!(agent_links(&lab, 0).is_empty(), "down left {:?}", agent_links(&lab, 0));
+    assert!(!lab.nodes[0].bpffs_dir.exists(), "down left pins");
+
+    // A crash (SIGKILL) leaves everything; the next start, in the other mode, removes
+    // the eBPF datapath and adopts the container into the kernel one.
     lab.set_mode(0, DatapathMode::Ebpf);
     lab.start_agent(0);
     let c = NetNs::new("crash");
@@ -252,10 +269,13 @@ fn switching_modes_leaves_no_residue() {
     assert!(!agent_links(&lab, 0).is_empty());
     lab.set_mode(0, DatapathMode::Kernel);
     lab.start_agent(0);
-    assert!(!lab.nodes[0].bpffs_dir.exists(), "kernel mode kept the crashed eBPF agent's pins");
+    assert_only(&lab, DatapathMode::Kernel);
     let links = agent_links(&lab, 0);
-    assert!(links.iter().all(|l| l.starts_with("ovbr") || l.starts_with("ovvx")), "orphans kept: {links:?}");
-    assert_eq!(links.len(), 4, "one bridge and one VXLAN device per network: {links:?}");
+    let devices = links.iter().filter(|l| l.starts_with("ovbr") || l.starts_with("ovvx")).count();
+    assert_eq!(devices, 4, "one bridge and one VXLAN device per network: {links:?}");
+    assert_eq!(links.len(), 5, "the container's veth, adopted, and nothing else: {links:?}");
+    lab.wait_synced(0);
+    assert!(ping(&c, ip("10.0.10.12"), 2, Duration::from_secs(2)).received == 2, "the adopted container");
 }
 
 fn broadcast_reaches_exactly_its_network(mode: DatapathMode) {
