@@ -26,9 +26,13 @@ fn main() -> anyhow::Result<()> {
     // rustc is a stable compiler. SAFETY: build scripts are single-threaded here.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     let meta = cargo_metadata_root()?;
+    // The agent's test-only `upgrade-test-variant` feature (see Cargo.toml) builds the
+    // programs of the same name; cargo gives each feature set its own OUT_DIR.
+    let variant = std::env::var_os("CARGO_FEATURE_UPGRADE_TEST_VARIANT").is_some();
     let ebpf = Package {
         name: "overlay-ebpf",
         root_dir: &meta,
+        features: if variant { &["upgrade-test-variant"] } else { &[] },
         ..Default::default()
     };
     aya_build::build_ebpf([ebpf], Toolchain::Custom(&toolchain)).context("building overlay-ebpf")?;

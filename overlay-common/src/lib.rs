@@ -29,7 +29,11 @@ pub mod maps {
     /// `maps/v<LAYOUT_VERSION>/`: bump this whenever a map type below changes, so that
     /// an upgraded agent builds new maps (filled before its programs take over) instead
     /// of reading the old ones with the new layout. A test pins the sizes.
-    pub const LAYOUT_VERSION: u32 = 1;
+    pub const LAYOUT_VERSION: u32 = if cfg!(feature = "upgrade-test-variant") { LAYOUT + 1 } else { LAYOUT };
+    /// The layout version of this source tree (what to bump). [`LAYOUT_VERSION`] is one
+    /// more in the `upgrade-test-variant` build, which exists only so that the tests can
+    /// upgrade to (and downgrade from) a build with another layout.
+    const LAYOUT: u32 = 1;
 }
 
 /// Program (function) names in the eBPF object.

@@ -1,5 +1,6 @@
 //! Why the datapath did what it did with a packet. Every packet a program sees is
-//! counted under exactly one reason. Codes are stable: a retired code keeps its slot
+//! counted under exactly one reason (the upgrade-test variant also counts it under
+//! [`Reason::UpgradeTestMarker`]). Codes are stable: a retired code keeps its slot
 //! (write `// 7: retired, was ...`) so that old dumps and dashboards stay readable.
 
 /// Where the packet came from (the program that saw it).
@@ -40,6 +41,11 @@ pub enum Reason {
     /// Broadcast/multicast replicated to the network's other local endpoints and (from
     /// a container) to every remote VTEP through the network's VXLAN device.
     Flooded = 5,
+    /// Not a verdict, and never counted by a normal build: the upgrade-test variant of
+    /// the programs (overlay-ebpf's `upgrade-test-variant` feature) counts every packet
+    /// here as well as under its real reason, so a test can see which build's programs
+    /// run. No program ever returns it as an outcome.
+    UpgradeTestMarker = 15,
 
     // --- handed to the kernel stack unchanged (16..=31)
     /// Not VXLAN for this VTEP (other underlay traffic): none of our business.
@@ -93,12 +99,13 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
         Reason::Decapsulated,
         Reason::Flooded,
+        Reason::UpgradeTestMarker,
         Reason::PassNotOverlay,
         Reason::PassFragment,
         Reason::PassIpOptions,
@@ -134,6 +141,7 @@ impl Reason {
             3 => Reason::ArpReplied,
             4 => Reason::Decapsulated,
             5 => Reason::Flooded,
+            15 => Reason::UpgradeTestMarker,
             16 => Reason::PassNotOverlay,
             17 => Reason::PassFragment,
             18 => Reason::PassIpOptions,
@@ -164,6 +172,7 @@ impl Reason {
             Reason::ArpReplied => "arp-replied",
             Reason::Decapsulated => "decapsulated",
             Reason::Flooded => "flooded",
+            Reason::UpgradeTestMarker => "upgrade-test-marker",
             Reason::PassNotOverlay => "pass-not-overlay",
             Reason::PassFragment => "pass-fragment",
             Reason::PassIpOptions => "pass-ip-options",

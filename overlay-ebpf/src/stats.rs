@@ -22,6 +22,21 @@ pub fn account(dir: Direction, outcome: Outcome, bytes: u32) -> i32 {
     let reason = match outcome {
         Ok(reason) | Err(reason) => reason,
     };
+    count(dir, reason, bytes);
+    // The upgrade-test variant (a test-only build, see Cargo.toml) differs from the
+    // normal programs by this extra count, which a test reads to see which build runs.
+    #[cfg(feature = "upgrade-test-variant")]
+    count(dir, Reason::UpgradeTestMarker, bytes);
+    match reason.kind() {
+        ReasonKind::Forwarded => TC_ACT_REDIRECT,
+        ReasonKind::Passed => TC_ACT_OK,
+        ReasonKind::Dropped => TC_ACT_SHOT,
+    }
+}
+
+/// Adds one packet of `bytes` bytes to the counter of (`dir`, `reason`).
+#[inline(always)]
+fn count(dir: Direction, reason: Reason, bytes: u32) {
     if let Some(counter) = crate::OVL_STATS.get_ptr_mut(stats_index(dir, reason)) {
         // SAFETY: a per-CPU array slot is only ever touched by this CPU, and TC programs
         // run with preemption (migration) disabled, so the read-modify-write is not torn.
@@ -29,10 +44,5 @@ pub fn account(dir: Direction, outcome: Outcome, bytes: u32) -> i32 {
             (*counter).packets = (*counter).packets.wrapping_add(1);
             (*counter).bytes = (*counter).bytes.wrapping_add(u64::from(bytes));
         }
-    }
-    match reason.kind() {
-        ReasonKind::Forwarded => TC_ACT_REDIRECT,
-        ReasonKind::Passed => TC_ACT_OK,
-        ReasonKind::Dropped => TC_ACT_SHOT,
     }
 }

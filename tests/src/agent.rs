@@ -71,6 +71,27 @@ pub fn agent_binary() -> PathBuf {
     );
 }
 
+/// Environment variable naming the upgrade-test variant of the agent (built with
+/// overlay-agent's `upgrade-test-variant` feature); `cargo xtask test` sets it.
+pub const AGENT_VARIANT_BIN_ENV: &str = "OVERLAY_AGENT_VARIANT_BIN";
+
+/// The upgrade-test variant of `overlay-agent` (`$OVERLAY_AGENT_VARIANT_BIN`). Panics,
+/// saying how to build it, if it is not set: the upgrade tests fail rather than skip.
+/// Never searched for, so a stale build is never picked up by accident.
+pub fn variant_binary() -> PathBuf {
+    let Some(path) = env::var_os(AGENT_VARIANT_BIN_ENV) else {
+        panic!(
+            "{AGENT_VARIANT_BIN_ENV} is not set: the upgrade tests need the upgrade-test variant of the agent. \
+             `cargo xtask test` builds it and sets it; by hand: \
+             `cargo build -p overlay-agent --bin overlay-agent --features upgrade-test-variant --target-dir target/variant` \
+             and {AGENT_VARIANT_BIN_ENV}=$PWD/target/variant/debug/overlay-agent"
+        );
+    };
+    let path = PathBuf::from(path);
+    assert!(path.is_file(), "{AGENT_VARIANT_BIN_ENV}={} is not a file", path.display());
+    path
+}
+
 /// Makes `command` enter the network namespace of `ns` before exec. The
 /// returned file must stay open until the command is spawned.
 pub fn enter_netns(command: &mut Command, ns: &NetNs) -> File {

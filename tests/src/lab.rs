@@ -96,6 +96,9 @@ pub struct Node {
     pub mode: DatapathMode,
     /// Extra environment for the agent process.
     pub env: Vec<(String, String)>,
+    /// The `overlay-agent` binary this node's agent and CLI calls run: the lab's
+    /// unless [`Lab::set_binary`] says otherwise.
+    pub binary: PathBuf,
     pub agent: Option<AgentProcess>,
 }
 
@@ -170,6 +173,13 @@ impl Lab {
         self.nodes[i].mode = mode;
     }
 
+    /// Makes host `i` run `binary` (another build of the agent, e.g. for an upgrade)
+    /// for its agent and its CLI calls, from its next start on.
+    pub fn set_binary(&mut self, i: usize, binary: &Path) {
+        assert!(binary.is_file(), "{} is not a file", binary.display());
+        self.nodes[i].binary = binary.to_owned();
+    }
+
     /// The datapath host `i` was configured with.
     pub fn mode(&self, i: usize) -> DatapathMode {
         self.nodes[i].mode
@@ -211,7 +221,7 @@ impl Lab {
         text += &format!("[datapath]\nmode = \"{mode}\"\n{}\n", self.options.datapath_extra);
         let config = node_dir.join("agent.toml");
         std::fs::write(&config, text).expect("writing agent config");
-        Node { name: name.into(), config, bpffs_dir, state_dir, mode, env: Vec::new(), agent: None }
+        Node { name: name.into(), config, bpffs_dir, state_dir, mode, env: Vec::new(), binary: self.binary.clone(), agent: None }
     }
 
     pub fn hosts(&self) -> Vec<&Host> {
@@ -230,8 +240,8 @@ impl Lab {
     /// Starts host `i`'s agent and waits until it answers `status`.
     pub fn start_agent(&mut self, i: usize) {
         let node = &self.nodes[i];
-        let mut agent = AgentProcess::spawn_with_env(&self.hosts()[i].ns, &self.binary, &node.config, &node.env);
-        let (binary, cfg) = (self.binary.clone(), self.nodes[i].config.clone());
+        let mut agent = AgentProcess::spawn_with_env(&self.hosts()[i].ns, &node.binary, &node.config, &node.env);
+        let (binary, cfg) = (node.binary.clone(), node.config.clone());
         agent.wait_until("the agent answers `status`", crate::hang_guard(Duration::from_secs(20)), || {
             run_cli(None, &binary, ["--config".as_ref(), cfg.as_os_str(), "status".as_ref()]).success()
         });
@@ -272,6 +282,29 @@ impl Lab {
         out
     }
 
+    /// The records in the lab's `dir` store: every key's file, without the store's own
+    /// files (their names start with `.`).
+    pub fn store_records(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let path = e.path();
+                if e.file_name().to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.store_dir, &mut out);
+        out.sort();
+        out
+    }
+
     /// `status --json` of host `i`.
     pub fn status(&self, i: usize) -> serde_json::Value {
         let out = self.cli(i, &["status", "--json"]);
@@ -283,7 +316,20 @@ impl Lab {
     pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
         let mut full = vec!["--config".to_string(), self.nodes[i].config.display().to_string()];
         full.extend(args.iter().map(|s| s.to_string()));
-        run_cli(Some(&self.hosts()[i].ns), &self.binary, &full)
+        run_cli(Some(&self.hosts()[i].ns), &self.nodes[i].binary, &full)
+    }
+
+    /// Waits until host `i`'s agent is registered with the store and has applied its
+    /// first full list to the datapath (`status`: `store.registered`, `store.synced`).
+    pub fn wait_synced(&mut self, i: usize) {
+        let (binary, cfg) = (self.nodes[i].binary.clone(), self.nodes[i].config.clone());
+        let ns = &self.underlay.hosts()[i].ns;
+        let agent = self.nodes[i].agent.as_mut().expect("agent not running");
+        agent.wait_until("registered and synced with the store", crate::hang_guard(Duration::from_secs(20)), || {
+            let out = run_cli(Some(ns), &binary, ["--config".as_ref(), cfg.as_os_str(), "status".as_ref(), "--json".as_ref()]);
+            let status: Option<serde_json::Value> = serde_json::from_str(&out.stdout).ok();
+            status.is_some_and(|s| s["store"]["registered"] == true && s["store"]["synced"] == true)
+        });
     }
 
     /// Creates a container namespace and plugs it into `network` on host `host` with

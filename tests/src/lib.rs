@@ -10,8 +10,10 @@
 //! and 203.0.113.0/24 (documentation ranges). The tests need root; see
 //! [`require_root`].
 
+pub mod adoption;
 pub mod agent;
 pub mod bench;
+pub mod continuity;
 pub mod etcd;
 pub mod interrupt;
 pub mod lab;
@@ -20,7 +22,8 @@ pub mod packet;
 pub mod topo;
 pub mod traffic;
 
-pub use agent::{AgentProcess, CliOutput, agent_binary, run_cli};
+pub use agent::{AgentProcess, CliOutput, agent_binary, run_cli, variant_binary};
+pub use continuity::{LongConnection, Pinger};
 pub use etcd::{EtcdCluster, EtcdOptions, TlsFiles};
 pub use ns::NetNs;
 pub use topo::{Host, Underlay, UnderlayBuilder};

@@ -30,7 +30,7 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -38,14 +38,14 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+pub(crate) fn socket(domain: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success we own the new descriptor.
     let fd = cvt(unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) })?;
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+pub(crate) fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live T of the given size.
     cvt(unsafe {
         libc::setsockopt(
@@ -60,7 +60,7 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
 }
 
 /// Waits until `fd` is readable or `timeout` passes; Ok(false) on timeout.
-fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+pub(crate) fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     let mut pollfd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -82,7 +82,7 @@ fn wait_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
     }
 }
 
-fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr_in {
+pub(crate) fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
@@ -156,7 +156,7 @@ impl PingResult {
 
 static PING_ID: AtomicU16 = AtomicU16::new(0);
 
-fn next_ping_id() -> u16 {
+pub(crate) fn next_ping_id() -> u16 {
     // Raw ICMP sockets see every ICMP packet of the namespace, so concurrent
     // pings tell theirs apart by id.
     (std::process::id() as u16)
@@ -182,7 +182,7 @@ pub fn echo_request(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     packet
 }
 
-enum Received {
+pub(crate) enum Received {
     Reply { seq: u16 },
     Error(IcmpError),
     Unrelated,
@@ -190,7 +190,7 @@ enum Received {
 
 /// Classifies what a raw ICMP socket read (an IPv4 packet) means for the echo
 /// `id` to `dst` carrying `payload`.
-fn classify(buf: &[u8], id: u16, dst: Ipv4Addr, payload: &[u8]) -> Received {
+pub(crate) fn classify(buf: &[u8], id: u16, dst: Ipv4Addr, payload: &[u8]) -> Received {
     let Some(ihl) = buf.first().map(|b| usize::from(b & 0x0f) * 4) else {
         return Received::Unrelated;
     };

@@ -378,9 +378,8 @@ fn bad_config_and_missing_agent_give_clear_errors_and_create_nothing() {
         assert!(out.stderr.contains(expected), "expected {expected:?} in {:?}", out.stderr);
         assert!(!node.bpffs_dir.exists(), "pins created for a bad config ({expected})");
         assert!(!node.state_dir.join("agent.sock").exists(), "socket left for a bad config ({expected})");
-        let store_nodes = lab.store_dir.join("nodes");
-        let records = std::fs::read_dir(&store_nodes).map(|d| d.count()).unwrap_or(0);
-        assert_eq!(records, 0, "store record written for a bad config ({expected})");
+        let records = lab.store_records();
+        assert!(records.is_empty(), "store records written for a bad config ({expected}): {records:?}");
     }
     std::fs::write(&node.config, good).unwrap();
     let out = lab.cli(0, &["status"]);
@@ -391,11 +390,13 @@ fn bad_config_and_missing_agent_give_clear_errors_and_create_nothing() {
     assert!(!out.success() && out.stderr.contains("cannot read config file /nonexistent/agent.toml"), "{out:?}");
 }
 
+/// `down` (SIGTERM leaves the datapath running for the next start: see restart.rs).
 #[test]
 fn down_leaves_nothing_behind() {
     let mut lab = full_lab();
     assert!(pings(lab.container("b1"), lab.container("b3"), 1));
     let names: Vec<String> = lab.containers.iter().map(|c| c.ns.name().to_string()).collect();
+    assert!(!lab.store_records().is_empty(), "no store records to remove");
     for i in 0..lab.nodes.len() {
         let out = lab.down(i);
         assert!(out.stdout.contains("removed"), "{}", out.stdout);
@@ -418,21 +419,12 @@ fn down_leaves_nothing_behind() {
         let links = c.ns.netlink(|nl| async move { nl.links().await.unwrap() });
         assert_eq!(links.len(), 1, "{} still has {links:?}", c.name);
     }
-    // The store holds nothing of the nodes: no record, no claim.
-    let left: Vec<_> = walk(&lab.store_dir.join("overlay/v1"));
-    assert!(left.is_empty(), "records left in the store: {left:?}");
+    let records = lab.store_records();
+    assert!(records.is_empty(), "records left in the store: {records:?}");
     let bpffs_root = lab.bpffs_root.clone();
     drop(lab);
     assert!(!bpffs_root.exists(), "the lab's bpffs directory survived");
     for name in names {
         assert!(!integration_tests::ns::netns_exists(&name), "namespace {name} survived");
     }
-}
-
-/// Every file under `dir` (none if it does not exist).
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-    rd.flatten()
-        .flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] })
-        .collect()
 }

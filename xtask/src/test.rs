@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, build, unit tests, then the integration suite (even if the unit
-//! tests failed), with leftovers of crashed runs removed before and after.
+//! `cargo xtask test`: setup, build (and the agent's upgrade-test variant for the upgrade
+//! tests), unit tests, then the integration suite (even if the unit tests failed), with
+//! leftovers of crashed runs removed before and after.
 use std::{ffi::OsString, fs, io, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
@@ -18,6 +19,10 @@ const TEST_ETCD_DIR_PREFIX: &str = "ovt-etcd-";
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 /// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
 const MODE_ENV: &str = "OVERLAY_TEST_DATAPATH";
+/// The agent binary of the lab (tests/src/agent.rs `AGENT_BIN_ENV`).
+const AGENT_BIN_ENV: &str = "OVERLAY_AGENT_BIN";
+/// The upgrade-test variant of the agent (tests/src/agent.rs `AGENT_VARIANT_BIN_ENV`).
+const AGENT_VARIANT_BIN_ENV: &str = "OVERLAY_AGENT_VARIANT_BIN";
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -29,6 +34,9 @@ pub struct Args {
 pub fn execute(args: &Args) -> Result<()> {
     setup::run()?;
     build::build(false)?;
+    // A failed variant build fails its stage; the upgrade tests then fail too (never skip)
+    // and say the variant is missing, and everything else still runs.
+    let variant = build::build_variant();
     remove_leftovers("before the tests")?;
 
     let mut unit = workspace::cargo();
@@ -44,26 +52,25 @@ pub fn execute(args: &Args) -> Result<()> {
         .args(&args.test_args);
     let unit = exec::exec(&mut unit);
 
-    // The whole suite with eBPF agents, then the overlay suite again with kernel-mode
-    // agents (the interop tests set their modes themselves).
-    let mut integration = workspace::cargo();
-    integration
-        .args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE])
-        .args(["--", "--test-threads=1"])
-        .args(&args.test_args)
-        .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"))
-        .env(MODE_ENV, "ebpf");
+    // The whole suite with eBPF agents, then the overlay and restart suites again with
+    // kernel-mode agents (the interop tests set their modes themselves).
+    let suite = |tests: &[&str], mode: &str| {
+        let mut cmd = workspace::cargo();
+        cmd.args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE])
+            .args(tests.iter().flat_map(|t| ["--test", t]))
+            .args(["--", "--test-threads=1"])
+            .args(&args.test_args)
+            .env(AGENT_BIN_ENV, workspace::debug_bin("overlay-agent"))
+            .env(MODE_ENV, mode);
+        if let Ok(bin) = &variant {
+            cmd.env(AGENT_VARIANT_BIN_ENV, bin);
+        }
+        cmd
+    };
     eprintln!("xtask: integration suite, eBPF datapath");
-    let integration = exec::exec(&mut integration);
-    let mut kernel = workspace::cargo();
-    kernel
-        .args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE, "--test", "overlay"])
-        .args(["--", "--test-threads=1"])
-        .args(&args.test_args)
-        .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"))
-        .env(MODE_ENV, "kernel");
-    eprintln!("xtask: overlay suite again, kernel VXLAN datapath");
-    let kernel = exec::exec(&mut kernel);
+    let integration = exec::exec(&mut suite(&[], "ebpf"));
+    eprintln!("xtask: overlay and restart suites again, kernel VXLAN datapath");
+    let kernel = exec::exec(&mut suite(&["overlay", "restart"], "kernel"));
 
     // Anything left now was left by the suite itself: remove it, and fail the run.
     let cleanup = match remove_leftovers("after the tests") {
@@ -75,9 +82,10 @@ pub fn execute(args: &Args) -> Result<()> {
     };
 
     let stages = [
+        ("upgrade-test variant build", variant.map(drop)),
         ("unit tests", unit),
         ("integration tests (eBPF datapath)", integration),
-        ("overlay tests (kernel datapath)", kernel),
+        ("overlay and restart tests (kernel datapath)", kernel),
         ("cleanup after the tests", cleanup),
     ];
     let mut failed = 0;

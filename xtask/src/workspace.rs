@@ -27,6 +27,13 @@ pub fn debug_bin(name: &str) -> PathBuf {
     target_dir().join("debug").join(name)
 }
 
+/// Where the upgrade-test variant of the agent is built (see [`crate::build::build_variant`]):
+/// a target directory of its own, so that building it neither replaces the normal
+/// `target/debug/overlay-agent` nor makes the normal build recompile anything.
+pub fn variant_target_dir() -> PathBuf {
+    target_dir().join("variant")
+}
+
 /// `$CARGO_HOME`, or `$HOME/.cargo` as rustup sets it up.
 pub fn cargo_home() -> Result<PathBuf> {
     if let Some(home) = env::var_os("CARGO_HOME").filter(|h| !h.is_empty()) {

@@ -30,9 +30,9 @@ use std::{
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api::server::{self, ServerError},
@@ -148,6 +148,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let socket = config.socket_path();
+    if cfg!(feature = "upgrade-test-variant") {
+        warn!(
+            layout = overlay_common::maps::LAYOUT_VERSION,
+            "this agent is the upgrade-test variant, a build for the restart tests only (see overlay-agent/Cargo.toml)"
+        );
+    }
     let (mut agent, listener) = match startup::start(config).await {
         Ok(started) => started,
         Err(e) => {
@@ -160,7 +166,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     };
 
     let (api_tx, mut api_rx) = mpsc::channel::<server::Call>(16);
-    let server = tokio::spawn(server::serve(listener, api_tx));
+    let (server_stop, server_stopped) = oneshot::channel();
+    let server = tokio::spawn(server::serve(listener, api_tx, server_stopped));
     let (start, end) = agent.keys.watch_range();
     agent.watch_started = Instant::now();
     let mut store_rx = agent.kv.watch(start, end);
@@ -227,10 +234,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             }
         }
     };
-    server.abort();
     keeper.abort();
+    // Requests the loop will not take any more are answered with an error at once.
+    drop(api_rx);
     match stop {
         Stop::Release => {
+            stop_server(server, server_stop).await;
             agent.save_state();
             remove_socket(&socket);
             agent.datapath.release();
@@ -243,14 +252,22 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 Ok(removed) => crate::api::Response::Down { removed: removed.clone() },
                 Err(e) => crate::api::Response::Error { message: e.to_string() },
             };
-            // The CLI may have gone away; nothing to do about it then.
-            if call.reply.send(response).is_ok()
-                && tokio::time::timeout(Duration::from_secs(2), call.written).await.is_err()
-            {
-                warn!("the CLI did not take the answer to `down`");
-            }
+            // The CLI may have gone away; nothing to do about it.
+            let _client_gone = call.reply.send(response);
+            // The reply is written before the runtime (and its connection task) ends.
+            stop_server(server, server_stop).await;
             result.map(drop).map_err(AgentError::from)
         }
+    }
+}
+
+/// Stops the control server, letting open connections write their replies.
+async fn stop_server(server: tokio::task::JoinHandle<()>, stop: oneshot::Sender<()>) {
+    if stop.send(()).is_err() {
+        debug!("the control server had already ended");
+    }
+    if let Err(e) = server.await {
+        warn!(error = %e, "the control server task failed");
     }
 }
 

@@ -1,23 +1,25 @@
 //! Accepts CLI connections and hands each request to the agent's main loop, which
 //! is the only writer of kernel state; replies go back on the same connection.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
+    task::JoinSet,
 };
 use tracing::{debug, warn};
 
 use super::{Request, Response};
 
-/// A request, where its answer goes, and word that the answer has been written back to
-/// the client (so that an agent about to exit can wait for it).
+/// A request and where its answer goes.
 pub struct Call {
     pub request: Request,
     pub reply: oneshot::Sender<Response>,
-    pub written: oneshot::Receiver<()>,
 }
 
 /// Largest request line accepted (a request is a few hundred bytes).
@@ -52,22 +54,46 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     UnixListener::bind(path).map_err(io)
 }
 
-/// Serves connections until the main loop goes away.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+/// How long [`serve`] lets open connections finish once told to stop.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Serves connections until `stop` fires, then stops accepting and gives the open
+/// connections up to [`DRAIN`] to write the replies they wait for: the last one may be
+/// `down`'s, answered just before the agent exits (its runtime then ends, and with it
+/// any connection still unwritten). The caller drops the receiving end of `calls`
+/// first, so that requests the main loop will never take get an error at once.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>, mut stop: oneshot::Receiver<()>) {
+    let mut conns = JoinSet::new();
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(error = %e, "accepting a control connection");
-                continue;
-            }
-        };
-        let calls = calls.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, calls).await {
-                debug!(error = %e, "control connection ended with an error");
-            }
-        });
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(handle(stream, calls.clone()));
+                }
+                Err(e) => warn!(error = %e, "accepting a control connection"),
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => log_end(done),
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    drop(calls);
+    let drained = tokio::time::timeout(DRAIN, async {
+        while let Some(done) = conns.join_next().await {
+            log_end(done);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        debug!(open = conns.len(), "control connections still open at exit");
+    }
+}
+
+fn log_end(done: Result<std::io::Result<()>, tokio::task::JoinError>) {
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "control connection ended with an error"),
+        Err(e) => debug!(error = %e, "control connection task failed"),
     }
 }
 
@@ -75,14 +101,11 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
     while let Some(line) = lines.next_line().await? {
-        let mut done = None;
         let response = match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error { message: format!("malformed request: {e}") },
             Ok(request) => {
                 let (reply, rx) = oneshot::channel();
-                let (tx, written) = oneshot::channel();
-                done = Some(tx);
-                if calls.send(Call { request, reply, written }).await.is_err() {
+                if calls.send(Call { request, reply }).await.is_err() {
                     Response::Error { message: "the agent is shutting down".into() }
                 } else {
                     rx.await.unwrap_or(Response::Error { message: "the agent is shutting down".into() })
@@ -93,10 +116,6 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
         out.push(b'\n');
         write.write_all(&out).await?;
         write.flush().await?;
-        if let Some(done) = done.take() {
-            // Nobody may be waiting; that is fine.
-            let _nobody_waits = done.send(());
-        }
     }
     Ok(())
 }

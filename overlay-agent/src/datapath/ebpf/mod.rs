@@ -271,7 +271,10 @@ impl EbpfDatapath {
     }
 
     /// Attaches (or swaps in) this build's programs everywhere, then makes the new maps
-    /// the pinned ones and drops other builds' map directories.
+    /// the pinned ones and drops other builds' map directories. Link pins of endpoints
+    /// that are gone are left to [`Self::remove_stale_links`]: at start-up this runs
+    /// before the agent has adopted its endpoints, when every container's link would
+    /// look stale.
     fn switch(&mut self) -> Result<(), EbpfError> {
         let (ifname, ifindex) = self.underlay.clone();
         let how = self.attach_one(programs::FROM_UNDERLAY, &ifname, ifindex)?;
@@ -287,8 +290,15 @@ impl EbpfDatapath {
             let n = pins::remove_dir(&dir)?;
             info!(dir = %dir.display(), pins = n, "removed another build's maps");
         }
-        // Link pins of interfaces that are gone (or not ours any more).
-        let live: BTreeSet<u32> = self.attached.keys().copied().chain([ifindex]).collect();
+        Ok(())
+    }
+
+    /// Removes the link pins of interfaces that are gone or not ours any more. Only
+    /// once the local endpoints are known (after the first full sync): unpinning a
+    /// live endpoint's link detaches its program, and its container is cut off until
+    /// the program is attached again, on a new link.
+    fn remove_stale_links(&mut self) -> Result<(), EbpfError> {
+        let live: BTreeSet<u32> = self.attached.keys().copied().chain([self.underlay.1]).collect();
         for (idx, name, path) in self.pins.links() {
             if !live.contains(&idx) {
                 debug!(link = %path.display(), interface = %name, "removing a stale link pin");
@@ -454,6 +464,7 @@ impl Datapath for EbpfDatapath {
             info!(maps = ?self.pending, "new maps filled; switching the programs to them");
             self.switch()?;
         }
+        self.remove_stale_links()?;
         Ok(out)
     }
 
