@@ -17,6 +17,9 @@ const TEST_PIN_PREFIX: &str = "overlay-test";
 const TEST_ETCD_DIR_PREFIX: &str = "ovt-etcd-";
 
 const INTEGRATION_PACKAGE: &str = "integration-tests";
+/// The suites that also run with kernel-mode agents (the rest runs once, in eBPF mode,
+/// or picks its modes itself).
+const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle"];
 /// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
 const MODE_ENV: &str = "OVERLAY_TEST_DATAPATH";
 /// The agent binary of the lab (tests/src/agent.rs `AGENT_BIN_ENV`).
@@ -52,8 +55,8 @@ pub fn execute(args: &Args) -> Result<()> {
         .args(&args.test_args);
     let unit = exec::exec(&mut unit);
 
-    // The whole suite with eBPF agents, then the overlay and restart suites again with
-    // kernel-mode agents (the interop tests set their modes themselves).
+    // The whole suite with eBPF agents, then KERNEL_SUITES again with kernel-mode agents
+    // (the interop tests set their modes themselves).
     let suite = |tests: &[&str], mode: &str| {
         let mut cmd = workspace::cargo();
         cmd.args(["test", "--no-fail-fast", "-p", INTEGRATION_PACKAGE])
@@ -69,8 +72,8 @@ pub fn execute(args: &Args) -> Result<()> {
     };
     eprintln!("xtask: integration suite, eBPF datapath");
     let integration = exec::exec(&mut suite(&[], "ebpf"));
-    eprintln!("xtask: overlay and restart suites again, kernel VXLAN datapath");
-    let kernel = exec::exec(&mut suite(&["overlay", "restart"], "kernel"));
+    eprintln!("xtask: the overlay, restart, etcd and lifecycle suites again, kernel VXLAN datapath");
+    let kernel = exec::exec(&mut suite(KERNEL_SUITES, "kernel"));
 
     // Anything left now was left by the suite itself: remove it, and fail the run.
     let cleanup = match remove_leftovers("after the tests") {
@@ -85,7 +88,7 @@ pub fn execute(args: &Args) -> Result<()> {
         ("upgrade-test variant build", variant.map(drop)),
         ("unit tests", unit),
         ("integration tests (eBPF datapath)", integration),
-        ("overlay and restart tests (kernel datapath)", kernel),
+        ("overlay, restart, etcd and lifecycle tests (kernel datapath)", kernel),
         ("cleanup after the tests", cleanup),
     ];
     let mut failed = 0;
