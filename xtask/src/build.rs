@@ -26,3 +26,14 @@ pub fn build(release: bool) -> Result<()> {
     }
     exec::exec(&mut cmd)
 }
+
+/// `cargo build --release` of just these (package, binary) pairs: the benchmarks that
+/// measure the agent itself run optimised builds.
+pub fn build_release(bins: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = workspace::cargo();
+    cmd.args(["build", "--release"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    exec::exec(&mut cmd)
+}
