@@ -1113,7 +1113,9 @@ impl Follower {
     /// Lists everything and sends a snapshot, replacing all that was reported.
     async fn relist(&mut self, tx: &mpsc::Sender<WatchEvent>) -> Result<Flow, StoreError> {
         let (root, range, mut watches) = (self.root.clone(), self.range.clone(), self.watches.clone());
+        let started = std::time::Instant::now();
         let listing = blocking(&self.root, move || list_all(&root, &range, &mut watches)).await?;
+        let read = started.elapsed();
         self.wds.clear();
         self.dirs.clear();
         self.leases.clear();
@@ -1149,6 +1151,7 @@ impl Follower {
         }
         snapshot.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         gc.spawn(&self.root);
+        debug!(keys = snapshot.len(), read_ms = read.as_millis() as u64, ms = started.elapsed().as_millis() as u64, "store listed");
         Ok(send(tx, vec![WatchEvent::Snapshot(snapshot)]).await)
     }
 
