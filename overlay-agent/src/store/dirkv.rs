@@ -401,11 +401,56 @@ fn is_absent(e: &io::Error) -> bool {
 }
 
 fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-    match fs::read(path) {
+    match read_small(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if is_absent(&e) => Ok(None),
         Err(source) => Err(StoreError::Io { path: path.to_owned(), source }),
     }
+}
+
+/// Reads a small file whole: `O_NOATIME` (a file read for the first time since it was
+/// written would otherwise get its access time updated, dirtying its inode: a sixth of
+/// the time to list 250,000 fresh keys on ext4), and no `statx`/`lseek` for a size hint
+/// as `fs::read` makes (records are a few hundred bytes).
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        // O_NOATIME needs the file's owner (or CAP_FOWNER).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path)?,
+        other => other?,
+    };
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Directories with more key files than this are read by several threads.
+const PARALLEL_READ_MIN: usize = 4_096;
+
+/// Reads the key files `names` of `dir` (leaving out bad ones, logged); by up to four
+/// threads when there are many (one directory can hold every endpoint of a network).
+fn read_records(dir: &Path, names: Vec<String>) -> Vec<(String, Record)> {
+    let read = |name: &String| Some((name.clone(), read_record_lenient(&dir.join(name))?));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if threads < 2 || names.len() < PARALLEL_READ_MIN {
+        return names.iter().filter_map(read).collect();
+    }
+    let per_thread = names.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> =
+            names.chunks(per_thread).map(|part| scope.spawn(move || part.iter().filter_map(read).collect::<Vec<_>>())).collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    })
 }
 
 fn read_record(path: &Path) -> Result<Option<Record>, StoreError> {
@@ -953,13 +998,7 @@ fn walk(
                 names.push(name.to_owned());
             }
         }
-        let files = names
-            .into_iter()
-            .filter_map(|name| {
-                let record = read_record_lenient(&path.join(&name))?;
-                Some((name, record))
-            })
-            .collect();
+        let files = read_records(&path, names);
         visit(ScannedDir { key, wd, files })?;
     }
     Ok(())
@@ -1826,6 +1865,23 @@ mod tests {
         assert!(one.contains("/a") && !one.contains("/a/b") && !one.contains("/b"));
         assert!(Range::new("/a", "\0").contains("/zzz"));
         assert_eq!(outermost(["/a".into(), "/a-c".into(), "/a/b".into(), "/b".into()].into()), ["/a", "/a-c", "/b"]);
+    }
+
+    #[tokio::test]
+    async fn a_large_directory_is_read_whole_by_several_threads() {
+        let (dir, kv) = store().await;
+        let d = dir.path().join("o/endpoints/42");
+        fs::create_dir_all(&d).unwrap();
+        let n = PARALLEL_READ_MIN + 1_000;
+        for i in 0..n {
+            fs::write(d.join(format!("k{i:05}")), encode_record(NO_LEASE, format!("v{i}").as_bytes())).unwrap();
+        }
+        fs::write(d.join("bad"), b"no header").unwrap();
+        let listed = kv.list("/o/").await.unwrap();
+        assert_eq!(listed.len(), n, "every key once, the corrupt file left out");
+        for (i, kv) in listed.iter().enumerate() {
+            assert_eq!((kv.key.as_str(), kv.value.as_slice()), (format!("/o/endpoints/42/k{i:05}").as_str(), format!("v{i}").as_bytes()));
+        }
     }
 
     /// Lists 250,000 keys (the scale the interface is built for) and reports the time.
