@@ -86,6 +86,10 @@ pub struct Report {
     pub seed: u64,
     pub kernel: String,
     pub cpus: usize,
+    /// `/proc/loadavg` when the run started and when it finished: the machine may be
+    /// shared, and every figure above is wall time or CPU share on it.
+    pub loadavg_start: String,
+    pub loadavg_end: String,
     /// Unix time the run finished.
     pub finished_unix_s: u64,
     pub write: WriteSummary,
@@ -108,6 +112,12 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn ms(d: Duration) -> f64 {
@@ -134,6 +144,8 @@ impl Report {
             seed: o.seed,
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
             finished_unix_s: 0,
             write: WriteSummary::default(),
             store_after_write: StoreSize::default(),
@@ -225,6 +237,7 @@ impl Report {
                 TARGET_IDLE_CPU_PERCENT,
             ),
         ];
+        self.loadavg_end = loadavg();
         self.finished_unix_s =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     }
@@ -276,8 +289,18 @@ impl Report {
         );
         let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
         let mut out = format!(
-            "scale on {}: {} nodes × {} endpoints = {} remote endpoints, churn {} changes/s for {} s (kernel {}, {} CPUs)\n",
-            self.store, self.nodes, self.endpoints_per_node, self.endpoints, self.churn_rate, self.churn_secs, self.kernel, self.cpus
+            "scale on {}: {} nodes × {} endpoints = {} remote endpoints, churn {} changes/s for {} s\n\
+             (kernel {}, {} CPUs, load average {} at the start, {} at the end)\n",
+            self.store,
+            self.nodes,
+            self.endpoints_per_node,
+            self.endpoints,
+            self.churn_rate,
+            self.churn_secs,
+            self.kernel,
+            self.cpus,
+            self.loadavg_start,
+            self.loadavg_end
         );
         out += &format!("{:<width$}  {:>22}  {}\n", "metric", "value", "target");
         for (metric, value, target) in rows {
