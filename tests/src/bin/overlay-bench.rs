@@ -125,6 +125,9 @@ fn main() -> ExitCode {
             t.server_ip,
             std::process::id()
         );
+        if let Some(d) = t.add_to_first_packet {
+            eprintln!("bench: endpoint add → first packet: {:.1} ms", d.as_secs_f64() * 1e3);
+        }
         interrupt::wait();
         drop(t);
         eprintln!("bench: torn down");
