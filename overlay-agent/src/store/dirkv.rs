@@ -807,7 +807,15 @@ fn apply_txn(root: &Path, txn: Txn) -> Result<TxnOutcome, StoreError> {
             return Err(StoreError::LeaseNotFound { lease: *lease });
         }
     }
-    let mut steps = Steps { root, before: Vec::new(), changed: Vec::new(), made_dirs: Vec::new(), temps: Vec::new() };
+    let mut steps = Steps {
+        root,
+        before: Vec::new(),
+        index: HashMap::with_capacity(puts.len() + deletes.len()),
+        changed: Vec::new(),
+        made_dirs: Vec::new(),
+        temps: Vec::new(),
+        renamed: 0,
+    };
     match steps.apply(&puts, &deletes) {
         Ok(()) => {
             for path in &deletes {
@@ -827,21 +835,26 @@ struct Steps<'a> {
     root: &'a Path,
     /// Every path the transaction touches and what it held before (`None`: absent).
     before: Vec<(PathBuf, Option<Vec<u8>>)>,
+    /// Path → its index in `before` (a batch of thousands of keys must not search).
+    index: HashMap<PathBuf, usize>,
     /// Indexes into `before` of the paths changed so far.
     changed: Vec<usize>,
     /// Directories created, outermost first.
     made_dirs: Vec<PathBuf>,
-    /// Temporary files not yet renamed into place.
+    /// Temporary files written, in the order they are renamed into place.
     temps: Vec<PathBuf>,
+    /// How many of `temps` have been renamed (the rest are still temporary files).
+    renamed: usize,
 }
 
 impl Steps<'_> {
     fn remember(&mut self, path: &Path) -> Result<usize, StoreError> {
-        if let Some(i) = self.before.iter().position(|(p, _)| p == path) {
+        if let Some(&i) = self.index.get(path) {
             return Ok(i);
         }
         let before = read_opt(path)?;
         self.before.push((path.to_owned(), before));
+        self.index.insert(path.to_owned(), self.before.len() - 1);
         Ok(self.before.len() - 1)
     }
 
@@ -873,14 +886,13 @@ impl Steps<'_> {
                 return Err(StoreError::Io { path: path.clone(), source: io::Error::from_raw_os_error(libc::EISDIR) });
             }
             let i = self.remember(path)?;
-            let tmp = write_temp(path, bytes)?;
-            self.temps.push(tmp.clone());
-            renames.push((i, tmp, path));
+            self.temps.push(write_temp(path, bytes)?);
+            renames.push((i, path));
         }
         let deletes = deletes.iter().map(|p| Ok((self.remember(p)?, p))).collect::<Result<Vec<_>, StoreError>>()?;
-        for (i, tmp, path) in renames {
-            fs::rename(&tmp, path).map_err(io_err(path))?;
-            self.temps.retain(|t| *t != tmp);
+        for (n, (i, path)) in renames.into_iter().enumerate() {
+            fs::rename(&self.temps[n], path).map_err(io_err(path))?;
+            self.renamed = n + 1;
             self.changed.push(i);
         }
         for (i, path) in deletes {
@@ -906,7 +918,7 @@ impl Steps<'_> {
             };
             errors.extend(result.err());
         }
-        for tmp in &self.temps {
+        for tmp in &self.temps[self.renamed..] {
             errors.extend(remove_opt(tmp).err());
         }
         for dir in self.made_dirs.iter().rev() {
