@@ -10,6 +10,11 @@
 //! - `direct-1450`: the same with the overlay's container MTU (underlay − 50), a reference
 //!   that separates what VXLAN's 50 bytes cost from what the datapath costs.
 //!
+//! `--preload N` fills the eBPF setup's maps first: N static remote endpoints of another
+//! network ([`PRELOAD`]) both agents serve, in the store before the agents start, maps
+//! sized for them; the containers, their network and every measurement stay the same,
+//! so the figures compare with near-empty maps.
+//!
 //! The load generators are pinned, client on CPU 0 and server on CPU 1 (when there are
 //! two): on this 2-CPU machine an unpinned iperf3 pair wanders between CPUs and the
 //! same setup measured 16 to 28 Gbit/s from one run to the next.
@@ -37,7 +42,7 @@ use serde_json::Value;
 use crate::{
     NetNs,
     agent::{enter_netns, run_cli},
-    lab::{BLUE, Lab},
+    lab::{BLUE, Lab, LabOptions, NetworkDef},
     topo::{H1_IP, H2_IP, Underlay, add_addr, add_route, enable_forwarding, link_veth},
 };
 
@@ -100,27 +105,106 @@ pub struct Topology {
     _hosts: Option<Underlay>,
     /// For `endpoint add` timing: the lab and the server's name.
     pub add_to_first_packet: Option<Duration>,
+    /// With `--preload`: how writing and loading the preloaded endpoints went.
+    pub preloaded: Option<PreloadTiming>,
+}
+
+/// The network that holds preloaded endpoints (`--preload`): served by both agents
+/// next to [`BLUE`], so the maps the measured traffic looks up hold the preloaded
+/// entries while the containers' own network and addresses stay as without preload.
+pub const PRELOAD: NetworkDef = NetworkDef { name: "preload", vni: 4242, subnet: "10.64.0.0/12" };
+/// The most endpoints `--preload` takes (the agent's largest map, with room to spare).
+pub const MAX_PRELOAD: usize = 800_000;
+/// How long agents may take to load preloaded endpoints (debug builds, two at once).
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The VTEPs preloaded endpoints are declared behind (no host has them: the
+/// measured traffic never goes there).
+fn preload_vteps() -> Vec<Ipv4Addr> {
+    (1..=16).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect()
 }
 
 /// Builds `setup`. For the overlays, also measures how long after `endpoint add` of the
-/// server container the first packet from the client gets through.
-pub fn build(setup: Setup) -> Topology {
+/// server container the first packet from the client gets through. `preload` (eBPF
+/// setup only): that many static remote endpoints are in the store before the agents
+/// start, so their maps hold them while everything is measured.
+pub fn build(setup: Setup, preload: usize) -> Topology {
     match setup {
         Setup::Direct => direct(1500),
         Setup::DirectOverlayMtu => direct(OVERLAY_MTU),
-        Setup::Ebpf => overlay(DatapathMode::Ebpf),
-        Setup::Kernel => overlay(DatapathMode::Kernel),
+        Setup::Ebpf => overlay(DatapathMode::Ebpf, preload),
+        Setup::Kernel => overlay(DatapathMode::Kernel, 0),
     }
 }
 
-fn overlay(mode: DatapathMode) -> Topology {
-    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+/// How preloading went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreloadTiming {
+    pub endpoints: usize,
+    /// Writing the static endpoints into the store.
+    pub write: Duration,
+    /// From starting the agents to both holding every endpoint.
+    pub load: Duration,
+}
+
+/// A two-host eBPF lab whose store holds `preload` static endpoints of [`PRELOAD`]
+/// before the agents start, with maps sized for them; and how long writing took.
+fn preloaded_lab(preload: usize) -> (Lab, Duration) {
+    assert!(preload <= MAX_PRELOAD, "--preload {preload}: at most {MAX_PRELOAD}");
+    let capacity = preload + preload / 4 + 4_096;
+    // On a tmpfs if there is one: 500,000 files (records and MAC claims) take minutes
+    // to write and to remove on ext4, seconds there (and about 2 GB of memory).
+    let shm = Path::new("/dev/shm");
+    let options = LabOptions {
+        datapath_extra: format!("neigh_capacity = {capacity}\nfdb_capacity = {capacity}\n"),
+        start_timeout: PRELOAD_TIMEOUT,
+        parent_dir: shm.is_dir().then(|| shm.to_owned()),
+        ..LabOptions::default()
+    };
+    let lab = Lab::with_options(Underlay::two_hosts(), &[BLUE, PRELOAD], options);
+    let started = Instant::now();
+    crate::scale::sim::write_statics(lab.store_dir.clone(), PRELOAD.name, PRELOAD.vni, preload, &preload_vteps())
+        .unwrap_or_else(|e| panic!("preloading {preload} endpoints: {e}"));
+    (lab, started.elapsed())
+}
+
+/// Waits until every agent of `lab` has applied its first store list and its FDB map
+/// holds at least `entries` entries (counting from `started`); returns how long that took.
+fn wait_loaded(lab: &Lab, entries: u64, started: Instant) -> Duration {
+    for i in 0..lab.nodes.len() {
+        loop {
+            let status = lab.status(i);
+            let fdb = status["tables"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["name"] == overlay_common::maps::FDB))
+                .and_then(|t| t["entries"].as_u64())
+                .unwrap_or(0);
+            if status["store"]["synced"] == true && fdb >= entries {
+                break;
+            }
+            assert!(started.elapsed() < PRELOAD_TIMEOUT, "host {i}: {fdb} of {entries} FDB entries after {PRELOAD_TIMEOUT:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    started.elapsed()
+}
+
+fn overlay(mode: DatapathMode, preload: usize) -> Topology {
+    let (mut lab, write) =
+        if preload > 0 { preloaded_lab(preload) } else { (Lab::new(Underlay::two_hosts(), &[BLUE]), Duration::ZERO) };
     lab.set_mode(0, mode);
     lab.set_mode(1, mode);
+    let starting = Instant::now();
     lab.start_all();
+    let preloaded = (preload > 0).then(|| PreloadTiming { endpoints: preload, write, load: wait_loaded(&lab, preload as u64, starting) });
     let (cip, sip) = (Ipv4Addr::new(10, 0, 10, 10), Ipv4Addr::new(10, 0, 10, 11));
     lab.add_container(0, "bc", BLUE, cip);
-    lab.wait_converged(Duration::from_secs(5));
+    if preload > 0 {
+        // A dump of every entry per poll would take seconds: look the containers up.
+        lab.wait_converged_pinned(Duration::from_secs(5));
+    } else {
+        lab.wait_converged(Duration::from_secs(5));
+    }
     // The server container appears while the client is already sending: time from
     // `endpoint add` to the first echo reply.
     let server = NetNs::new("bs");
@@ -146,7 +230,7 @@ fn overlay(mode: DatapathMode) -> Topology {
     let add_to_first_packet = first.map(|t| t.saturating_duration_since(start));
     let client_idx = lab.containers.iter().position(|c| c.name == "bc").expect("client");
     let client = lab.containers.remove(client_idx).ns;
-    Topology { client, server, server_ip: sip, _lab: Some(lab), _hosts: None, add_to_first_packet }
+    Topology { client, server, server_ip: sip, _lab: Some(lab), _hosts: None, add_to_first_packet, preloaded }
 }
 
 /// Pings `dst` from `ns`, 5 ms per attempt, until a reply (or 10 s).
@@ -182,6 +266,7 @@ fn direct(mtu: u32) -> Topology {
         _lab: None,
         _hosts: Some(hosts),
         add_to_first_packet: None,
+        preloaded: None,
     }
 }
 

@@ -78,11 +78,25 @@ pub struct LabOptions {
     pub lease_ttl_s: u64,
     /// Extra lines for each agent's `[datapath]` section.
     pub datapath_extra: String,
+    /// How long [`Lab::start_agent`] waits for the agent to answer `status` (scaled by
+    /// [`crate::hang_guard`]): the agent answers once its first store list is in its
+    /// maps, which takes longer when the store holds many endpoints.
+    pub start_timeout: Duration,
+    /// Where the lab's directory (configs, logs, the `dir` store) is made; default the
+    /// temporary directory. A tmpfs (`/dev/shm`) makes a store of hundreds of
+    /// thousands of files quick to write and to remove.
+    pub parent_dir: Option<PathBuf>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { store: LabStore::Dir, lease_ttl_s: 60, datapath_extra: String::new() }
+        LabOptions {
+            store: LabStore::Dir,
+            lease_ttl_s: 60,
+            datapath_extra: String::new(),
+            start_timeout: Duration::from_secs(20),
+            parent_dir: None,
+        }
     }
 }
 
@@ -141,7 +155,8 @@ impl Lab {
     /// [`Lab::new`] with another store, lease TTL or datapath settings.
     pub fn with_options(underlay: Underlay, networks: &[NetworkDef], options: LabOptions) -> Lab {
         let id = format!("{}x{}", std::process::id(), LAB_COUNTER.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(format!("ovt-lab-{id}"));
+        let parent = options.parent_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = parent.join(format!("ovt-lab-{id}"));
         let store_dir = dir.join("store");
         std::fs::create_dir_all(&store_dir).unwrap_or_else(|e| panic!("creating {}: {e}", store_dir.display()));
         let bpffs_root = PathBuf::from(format!("{BPFFS_ROOT_PREFIX}{id}"));
@@ -242,7 +257,7 @@ impl Lab {
         let node = &self.nodes[i];
         let mut agent = AgentProcess::spawn_with_env(&self.hosts()[i].ns, &node.binary, &node.config, &node.env);
         let (binary, cfg) = (node.binary.clone(), node.config.clone());
-        agent.wait_until("the agent answers `status`", crate::hang_guard(Duration::from_secs(20)), || {
+        agent.wait_until("the agent answers `status`", crate::hang_guard(self.options.start_timeout), || {
             run_cli(None, &binary, ["--config".as_ref(), cfg.as_os_str(), "status".as_ref()]).success()
         });
         self.nodes[i].agent = Some(agent);
@@ -390,6 +405,36 @@ impl Lab {
                 expected.iter().all(|(vni, mac)| d.fdb.iter().any(|f| f.vni == *vni && f.mac == *mac))
                     && unicast.count() == expected.len()
             });
+        }
+    }
+}
+
+impl Lab {
+    /// Like [`Lab::wait_converged`] for eBPF-mode labs whose maps hold more than the
+    /// containers (endpoints preloaded into the store): waits until every running
+    /// host's pinned FDB map holds every container's MAC, looking each one up instead
+    /// of dumping the whole map. Panics on timeout.
+    pub fn wait_converged_pinned(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in self.nodes.iter().filter(|n| n.agent.is_some()) {
+            let fdb = crate::pinned::PinnedFdb::open(&node.bpffs_dir)
+                .unwrap_or_else(|e| panic!("host {}: {e}", node.name));
+            for c in &self.containers {
+                loop {
+                    let found = fdb.get(c.network.vni, c.mac).unwrap_or_else(|e| panic!("host {}: {e}", node.name));
+                    if found.is_some() {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "host {}: container {} ({}) not in the FDB within {timeout:?}",
+                        node.name,
+                        c.name,
+                        c.mac
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 }

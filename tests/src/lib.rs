@@ -19,6 +19,8 @@ pub mod interrupt;
 pub mod lab;
 pub mod ns;
 pub mod packet;
+pub mod pinned;
+pub mod scale;
 pub mod topo;
 pub mod traffic;
 

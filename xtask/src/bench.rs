@@ -10,7 +10,8 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Extra arguments for overlay-bench (`--rounds N`, `--secs S`, `--json FILE`,
-    /// `--setups a,b`, `--metrics a,b`, `--hold SETUP`).
+    /// `--setups a,b`, `--metrics a,b`, `--hold SETUP`, `--preload N`: N static remote
+    /// endpoints in the eBPF setup's maps).
     #[arg(last = true)]
     pub extra: Vec<String>,
 }

@@ -54,3 +54,14 @@ pub fn build_variant() -> Result<PathBuf> {
     eprintln!("xtask: upgrade-test variant built in {:.1} s: {}", started.elapsed().as_secs_f64(), bin.display());
     Ok(bin)
 }
+
+/// `cargo build --release` of just these (package, binary) pairs: the benchmarks that
+/// measure the agent itself run optimised builds.
+pub fn build_release(bins: &[(&str, &str)]) -> Result<()> {
+    let mut cmd = workspace::cargo();
+    cmd.args(["build", "--release"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    exec::exec(&mut cmd)
+}

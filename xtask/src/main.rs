@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod exec;
 mod run;
+mod scale;
 mod setup;
 mod test;
 mod vm;
@@ -36,6 +37,9 @@ enum Cmd {
     Run(run::Args),
     /// Benchmark: eBPF overlay vs kernel VXLAN vs direct routing (table + JSON).
     Bench(bench::Args),
+    /// Scale: one real agent against a store holding a simulated cluster (load time,
+    /// propagation under churn, memory, CPU; table + JSON).
+    Scale(scale::Args),
     /// Boot Debian kernels in QEMU (virtme-ng) and run the integration suite in each.
     VmTest(vm::Args),
 }
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run::execute(args),
         Cmd::VmTest(args) => vm::execute(args),
         Cmd::Bench(args) => bench::execute(args),
+        Cmd::Scale(args) => scale::execute(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -217,12 +217,17 @@ impl Agent {
     pub(super) async fn apply_store_events(&mut self, batch: Vec<WatchEvent>) {
         let mut full = false;
         let started = std::time::Instant::now();
+        let mut decoded = std::time::Duration::ZERO;
         let events = batch.len();
         for event in batch {
-            match self.decoder.decode(event) {
+            let decoding = std::time::Instant::now();
+            let change = self.decoder.decode(event);
+            decoded += decoding.elapsed();
+            match change {
                 Some(Change::Snapshot(records)) => {
                     debug!(records = records.len(), "full store list");
-                    self.desired.snapshot(records);
+                    // The datapath is compared as a whole below: no need to track changes.
+                    self.desired.snapshot_untracked(records);
                     full = true;
                 }
                 Some(Change::Put(r)) => self.desired.put(r),
@@ -233,6 +238,7 @@ impl Agent {
         if full {
             // Everything is known now: compare the datapath as a whole.
             self.desired.take_dirty();
+            let desired_done = started.elapsed();
             match self.datapath.resync(&self.desired).await {
                 Ok(applied) => {
                     let first = !self.synced;
@@ -244,6 +250,9 @@ impl Agent {
                         changed = applied.changed,
                         not_installed = applied.full,
                         ms = started.elapsed().as_millis() as u64,
+                        decode_ms = decoded.as_millis() as u64,
+                        desired_ms = (desired_done - decoded).as_millis() as u64,
+                        datapath_ms = (started.elapsed() - desired_done).as_millis() as u64,
                         first,
                         "datapath in sync with the store"
                     );

@@ -2,7 +2,7 @@
 //! `endpoint list` and the store side need.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
@@ -97,7 +97,7 @@ impl Desired {
             .nodes
             .iter()
             .filter(|(n, _)| ***n != *self.me)
-            .map(|(n, &vtep)| (n.to_string(), vtep, self.node_endpoints.get(n).map_or(0, HashSet::len)))
+            .map(|(n, &vtep)| (n.to_string(), vtep, self.node_endpoints.get(n).map_or(0, |eps| eps.len())))
             .collect();
         out.sort();
         out

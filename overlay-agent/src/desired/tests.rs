@@ -165,3 +165,26 @@ fn all_dirty_covers_every_entry() {
     assert_eq!(all.endpoints, HashSet::from([7]));
     assert_eq!(all.flood, HashSet::from([VNI]));
 }
+
+#[test]
+fn an_untracked_snapshot_is_the_same_state_without_dirt() {
+    let records = || vec![ep("h2", 12), node("h2", 2), ep("h3", 13), node("h3", 3), ep("h1", 11)];
+    let (mut tracked, mut untracked) = (desired(), desired());
+    tracked.snapshot(records());
+    untracked.add_local(local(20, 9));
+    untracked.snapshot_untracked(records());
+    assert!(untracked.take_dirty().is_empty(), "nothing recorded, and earlier dirt dropped");
+    let fdb = |d: &Desired| {
+        let mut v: Vec<_> = d.all_fdb().filter(|(_, t)| matches!(t, FdbTarget::Remote { .. })).collect();
+        v.sort_by_key(|((vni, mac), _)| (*vni, mac.0));
+        v
+    };
+    assert_eq!(fdb(&untracked), fdb(&tracked));
+    assert_eq!(untracked.flood_remote(VNI), tracked.flood_remote(VNI));
+    assert_eq!(untracked.remote_count(VNI), 2, "h1 is this node: its record is not remote");
+    // Changes after it are tracked again.
+    untracked.delete(&RecordKey::Endpoint(VNI, ip(13)));
+    let dirty = untracked.take_dirty();
+    assert_eq!(dirty.neigh, HashSet::from([(VNI, ip(13))]));
+    assert_eq!(dirty.flood, HashSet::from([VNI]), "h3's VTEP has no endpoint left");
+}

@@ -77,6 +77,15 @@ impl Txn {
         self.deletes.push(key);
         self
     }
+
+    /// This transaction and `other` as one: all conditions of both, then all changes of
+    /// both (applied together or not at all).
+    pub fn merge(mut self, other: Txn) -> Self {
+        self.conds.extend(other.conds);
+        self.puts.extend(other.puts);
+        self.deletes.extend(other.deletes);
+        self
+    }
 }
 
 /// How a [`Txn`] ended.

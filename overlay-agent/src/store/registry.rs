@@ -120,6 +120,20 @@ pub async fn register_node<K: Kv>(kv: &K, keys: &Keys, record: &NodeRecord, leas
     Err(ClaimError::Raced { what: "registering the node" })
 }
 
+/// The transaction that creates a published endpoint: its record and its MAC claim
+/// under `lease`, if neither its IP (published or static) nor its MAC is taken. What
+/// [`publish_endpoint`] applies for an endpoint this lease does not hold yet; bulk
+/// writers (the scale benchmark's simulated nodes) merge many with [`Txn::merge`].
+pub fn publish_txn(keys: &Keys, vni: u32, ip: Ipv4Addr, record: &EndpointRecord, lease: LeaseId) -> Txn {
+    Claim { vni, ip, mac: record.mac, network: &record.network }.txn(keys, keys.endpoint(vni, ip), encode(record), lease)
+}
+
+/// The transaction [`put_static`] applies: the static record and its MAC claim, under
+/// no lease, if neither the IP nor the MAC is taken.
+pub fn static_txn(keys: &Keys, vni: u32, ip: Ipv4Addr, record: &StaticRecord) -> Txn {
+    Claim { vni, ip, mac: record.mac, network: &record.network }.txn(keys, keys.static_endpoint(vni, ip), encode(record), NO_LEASE)
+}
+
 /// Publishes a local endpoint under `lease`, claiming its IP and MAC in the network.
 /// Publishing what this lease already holds is a no-op; a changed MAC is replaced.
 pub async fn publish_endpoint<K: Kv>(
@@ -155,21 +169,27 @@ struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    async fn take<K: Kv>(&self, kv: &K, keys: &Keys, key: String, value: Vec<u8>, lease: LeaseId) -> Result<(), ClaimError> {
+    /// The claim as a transaction writing `value` at `key` (the endpoint or static key).
+    fn txn(&self, keys: &Keys, key: String, value: Vec<u8>, lease: LeaseId) -> Txn {
         let other = if key == keys.endpoint(self.vni, self.ip) {
             keys.static_endpoint(self.vni, self.ip)
         } else {
             keys.endpoint(self.vni, self.ip)
         };
         let mac_key = keys.mac_claim(self.vni, self.mac);
-        let txn = Txn::default()
+        Txn::default()
             .when(Cond::Absent(key.clone()))
             .when(Cond::Absent(other))
             .when(Cond::Absent(mac_key.clone()))
             .put(key.clone(), value, lease)
-            .put(mac_key.clone(), key.into_bytes(), lease);
+            .put(mac_key, key.into_bytes(), lease)
+    }
+
+    /// Applies the claim; a taken IP or MAC is an error naming its holder.
+    async fn take<K: Kv>(&self, kv: &K, keys: &Keys, key: String, value: Vec<u8>, lease: LeaseId) -> Result<(), ClaimError> {
+        let mac_key = keys.mac_claim(self.vni, self.mac);
         let network = self.network.to_owned();
-        match kv.txn(txn).await? {
+        match kv.txn(self.txn(keys, key, value, lease)).await? {
             TxnOutcome::Applied => Ok(()),
             TxnOutcome::Failed { cond, current } if cond.key() == mac_key => {
                 Err(ClaimError::MacTaken { mac: self.mac, network, holder: holder_of(&current, keys) })
@@ -279,5 +299,31 @@ mod tests {
         // Revoking a lease removes all it held.
         kv.revoke(l2).await.unwrap();
         assert!(kv.list("/overlay/v1/").await.unwrap().iter().all(|k| k.lease != l2));
+    }
+
+    #[tokio::test]
+    async fn merged_publications_apply_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = DirKv::open(dir.path()).await.unwrap();
+        let keys = Keys::new("/overlay/v1");
+        let lease = kv.grant(Duration::from_secs(30)).await.unwrap();
+        let (a, b) = (Ipv4Addr::new(10, 0, 10, 1), Ipv4Addr::new(10, 0, 10, 2));
+        let (ra, rb) = (ep("h1", "02:42:0a:00:0a:01"), ep("h1", "02:42:0a:00:0a:02"));
+        let both = publish_txn(&keys, 42, a, &ra, lease).merge(publish_txn(&keys, 42, b, &rb, lease));
+        assert_eq!(both.conds.len(), 6);
+        assert_eq!(kv.txn(both.clone()).await.unwrap(), TxnOutcome::Applied);
+        // Exactly what publish_endpoint writes: publishing again is a no-op.
+        publish_endpoint(&kv, &keys, 42, a, &ra, lease).await.unwrap();
+        assert_eq!(kv.list("/overlay/v1/").await.unwrap().len(), 4, "two records, two MAC claims");
+        // One taken IP fails the whole merged transaction.
+        let c = Ipv4Addr::new(10, 0, 10, 3);
+        let rc = ep("h1", "02:42:0a:00:0a:03");
+        let clash = publish_txn(&keys, 42, c, &rc, lease).merge(publish_txn(&keys, 42, a, &ra, lease));
+        assert!(matches!(kv.txn(clash).await.unwrap(), TxnOutcome::Failed { .. }));
+        assert!(kv.get(&keys.endpoint(42, c)).await.unwrap().is_none(), "nothing of a failed merge applied");
+        // Static endpoints the same way.
+        let st = StaticRecord { network: "blue".into(), mac: rc.mac, vtep: [203, 0, 113, 9].into(), udp_port: 4789, declared_by: "h1".into() };
+        assert_eq!(kv.txn(static_txn(&keys, 42, c, &st)).await.unwrap(), TxnOutcome::Applied);
+        assert_eq!(del_static(&kv, &keys, 42, c).await.unwrap(), Some(st));
     }
 }

@@ -59,7 +59,10 @@ impl Decoder {
         let key = self.keys.parse(&kv.key)?;
         match decode(&key, &kv.value) {
             Ok(r) => {
-                self.bad.remove(&kv.key);
+                // Almost always empty: then the key need not even be hashed.
+                if !self.bad.is_empty() {
+                    self.bad.remove(&kv.key);
+                }
                 Some(Ok(r))
             }
             Err(e) => {

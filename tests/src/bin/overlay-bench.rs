@@ -2,6 +2,10 @@
 //! interleaved rounds, medians and ratios, a table and a JSON file.
 //! Usage: overlay-bench [--quick] [--rounds N] [--secs S] [--json FILE]
 //!                      [--setups ebpf,kernel,direct] [--metrics NAME,...] [--hold SETUP]
+//!                      [--preload N]
+//!
+//! `--preload N` puts N static remote endpoints into the eBPF setup's store before its
+//! agents start (maps sized for them), to compare its figures with near-empty maps.
 //!
 //! `--hold SETUP` builds one topology, prints its namespaces and waits for Ctrl-C (for
 //! profiling by hand: `perf record -a`, `bpftool prog profile`), then tears it down.
@@ -21,6 +25,7 @@ struct Opts {
     setups: Vec<Setup>,
     metrics: Vec<&'static str>,
     hold: Option<Setup>,
+    preload: usize,
 }
 
 fn setup_named(name: &str) -> Result<Setup, String> {
@@ -45,6 +50,7 @@ fn parse() -> Result<Opts, String> {
         setups: Setup::ALL.to_vec(),
         metrics: METRICS.iter().map(|m| m.0).collect(),
         hold: None,
+        preload: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -63,7 +69,13 @@ fn parse() -> Result<Opts, String> {
                 o.metrics = args.next().ok_or("--metrics a,b")?.split(',').map(metric_named).collect::<Result<_, _>>()?
             }
             "--hold" => o.hold = Some(setup_named(&args.next().ok_or("--hold SETUP")?)?),
-            "-h" | "--help" => return Err("usage: overlay-bench [--quick] [--rounds N] [--secs S] [--json FILE] [--setups a,b] [--metrics a,b] [--hold SETUP]".into()),
+            "--preload" => {
+                o.preload = args.next().and_then(|v| v.parse().ok()).ok_or("--preload N")?;
+                if o.preload > bench::MAX_PRELOAD {
+                    return Err(format!("--preload {}: at most {}", o.preload, bench::MAX_PRELOAD));
+                }
+            }
+            "-h" | "--help" => return Err("usage: overlay-bench [--quick] [--rounds N] [--secs S] [--json FILE] [--setups a,b] [--metrics a,b] [--hold SETUP] [--preload N]".into()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -104,7 +116,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Some(setup) = o.hold {
-        let t = bench::build(setup);
+        let t = bench::build(setup, o.preload);
         eprintln!(
             "bench: {} topology up: client netns {}, server netns {} ({}); Ctrl-C or `kill {}` tears it down",
             setup.name(),
@@ -113,6 +125,9 @@ fn main() -> ExitCode {
             t.server_ip,
             std::process::id()
         );
+        if let Some(d) = t.add_to_first_packet {
+            eprintln!("bench: endpoint add → first packet: {:.1} ms", d.as_secs_f64() * 1e3);
+        }
         interrupt::wait();
         drop(t);
         eprintln!("bench: torn down");
@@ -126,7 +141,17 @@ fn main() -> ExitCode {
         // Interleaved: every setup once per round, so drift hits all of them alike.
         for &setup in &o.setups {
             eprintln!("bench: round {round}/{}: {} — building the topology", o.rounds, setup.name());
-            let t = bench::build(setup);
+            let t = bench::build(setup, o.preload);
+            if let Some(p) = t.preloaded {
+                eprintln!(
+                    "bench: round {round}/{}: {} — {} endpoints preloaded (written in {:.1} s, both agents loaded them in {:.1} s)",
+                    o.rounds,
+                    setup.name(),
+                    p.endpoints,
+                    p.write.as_secs_f64(),
+                    p.load.as_secs_f64()
+                );
+            }
             let s = samples.entry(setup.name()).or_default();
             let mut step = |name: &'static str, v: f64| {
                 eprintln!("bench: round {round}/{}: {:<7} {name:<28} {v:.3}", o.rounds, setup.name());
@@ -183,6 +208,14 @@ fn main() -> ExitCode {
     for (a, b) in RATIOS {
         header += &format!(" {:>17}", format!("{a}/{b}"));
     }
+    if o.preload > 0 {
+        println!(
+            "\npreload: {} static remote endpoints in the ebpf setup's maps (network {}, VNI {}; the other setups are not preloaded)",
+            o.preload,
+            bench::PRELOAD.name,
+            bench::PRELOAD.vni
+        );
+    }
     println!("\n{header}");
     let fmt = |x: f64| if x.is_nan() { "-".to_string() } else { format!("{x:.2}") };
     let mut json = serde_json::Map::new();
@@ -218,6 +251,7 @@ fn main() -> ExitCode {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "rounds": o.rounds,
         "seconds_per_measurement": o.secs,
+        "preload": o.preload,
         "metrics": json,
     });
     if let Some(dir) = std::path::Path::new(&o.json).parent() {

@@ -10,6 +10,10 @@ pub struct EndpointStatus {
     pub member_id: u64,
     /// The id of the member it follows (`Status.leader`; 0 for none).
     pub leader: u64,
+    /// The size of its backend database file, bytes (`Status.dbSize`; 0 if absent).
+    pub db_size: u64,
+    /// The part of it holding live data, bytes (`Status.dbSizeInUse`; 0 if absent).
+    pub db_size_in_use: u64,
 }
 
 /// Parses `etcdctl endpoint status -w json` (etcd 3.4: `[{"Endpoint": ...,
@@ -34,6 +38,8 @@ pub fn parse_status(json: &str) -> Result<Vec<EndpointStatus>, String> {
                 endpoint,
                 member_id,
                 leader,
+                db_size: status["dbSize"].as_u64().unwrap_or(0),
+                db_size_in_use: status["dbSizeInUse"].as_u64().unwrap_or(0),
             })
         })
         .collect()

@@ -465,6 +465,14 @@ impl EtcdCluster {
         self.flags_for(&self.running())
     }
 
+    /// `etcdctl endpoint status` of every running member (leader, database size).
+    /// Panics unless every running member answers.
+    pub fn endpoint_status(&self) -> Vec<EndpointStatus> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        out.assert_success();
+        parse_status(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
+    }
+
     /// Puts `key` = `value`; panics if etcdctl fails.
     pub fn put(&self, key: &str, value: &str) {
         self.etcdctl(&["put", "--", key, value]).assert_success();
@@ -810,6 +818,8 @@ mod tests {
                 endpoint: "http://127.0.0.1:2379".to_owned(),
                 member_id: 11188960661303352088,
                 leader: 11188960661303352088,
+                db_size: 20480,
+                db_size_in_use: 16384,
             }]
         );
         assert_eq!(parse_status("[]\n").unwrap(), []);

@@ -228,8 +228,15 @@ pub(super) fn read_lease(path: &Path) -> Result<Option<LeaseFile>, StoreError> {
 /// Reads the (small) file `name` of the open directory `dir`, for scans of many files:
 /// no path lookup from the root and no stat, which halves the cost of a file.
 pub(super) fn read_at(dir: &File, name: &str) -> io::Result<Vec<u8>> {
+    // O_NOATIME: a file read for the first time since it was written would otherwise
+    // get its access time updated, dirtying its inode (a sixth of the time to list
+    // 250,000 fresh keys on ext4). It needs the file's owner or CAP_FOWNER: without, the
+    // plain open.
     let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
-    let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())?;
+    let fd = match nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags | OFlag::O_NOATIME, Mode::empty()) {
+        Err(Errno::EPERM) => nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())?,
+        other => other?,
+    };
     // SAFETY: `openat` just returned this descriptor; nothing else owns it.
     let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let mut bytes = Vec::new();

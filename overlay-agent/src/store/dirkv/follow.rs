@@ -225,6 +225,7 @@ impl Follower {
         // The old state is dropped, and the new one built, off the runtime's thread too:
         // both are as large as the range.
         let old = std::mem::take(&mut self.dirs);
+        let started = std::time::Instant::now();
         let fresh = blocking(&self.root, move || {
             drop(old);
             Ok(Fresh::new(list_all(&root, &range, &mut watches)?))
@@ -235,6 +236,7 @@ impl Follower {
         self.dirs = fresh.dirs;
         self.leases = fresh.leases;
         fresh.gc.spawn(&self.root);
+        debug!(keys = fresh.snapshot.len(), ms = started.elapsed().as_millis() as u64, "store listed");
         Ok(send(tx, vec![WatchEvent::Snapshot(fresh.snapshot)]).await)
     }
 

@@ -436,3 +436,20 @@ use std::collections::{BTreeSet, HashSet};
         assert!(under_any("/a", &subtrees) && under_any("/a/x/y", &subtrees) && under_any("/c/d/e", &subtrees));
         assert!(!under_any("/ab", &subtrees) && !under_any("/c", &subtrees) && !under_any("", &subtrees));
     }
+
+    #[tokio::test]
+    async fn a_large_directory_is_read_whole_by_several_threads() {
+        let (dir, kv) = store().await;
+        let d = dir.path().join("o/endpoints/42");
+        fs::create_dir_all(&d).unwrap();
+        let n = PARALLEL_READ_MIN + 1_000;
+        for i in 0..n {
+            fs::write(d.join(format!("k{i:05}")), encode_record(NO_LEASE, format!("v{i}").as_bytes())).unwrap();
+        }
+        fs::write(d.join("bad"), b"no header").unwrap();
+        let listed = kv.list("/o/").await.unwrap();
+        assert_eq!(listed.len(), n, "every key once, the corrupt file left out");
+        for (i, kv) in listed.iter().enumerate() {
+            assert_eq!((kv.key.as_str(), kv.value.as_slice()), (format!("/o/endpoints/42/k{i:05}").as_str(), format!("v{i}").as_bytes()));
+        }
+    }

@@ -1,7 +1,7 @@
 //! Transactions under the lock, undone step by step on failure.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs::{self},
     io::{self, ErrorKind},
     path::{Path, PathBuf},
@@ -59,7 +59,15 @@ pub(super) fn apply_txn(root: &Path, txn: Txn) -> Result<TxnOutcome, StoreError>
             return Err(StoreError::LeaseNotFound { lease: *lease });
         }
     }
-    let mut steps = Steps { root, before: Vec::new(), changed: Vec::new(), made_dirs: Vec::new(), temps: Vec::new() };
+    let mut steps = Steps {
+        root,
+        before: Vec::new(),
+        index: HashMap::with_capacity(puts.len() + deletes.len()),
+        changed: Vec::new(),
+        made_dirs: Vec::new(),
+        temps: Vec::new(),
+        renamed: 0,
+    };
     match steps.apply(&puts, &deletes) {
         Ok(()) => {
             for path in &deletes {
@@ -79,21 +87,26 @@ pub(super) struct Steps<'a> {
     pub(super) root: &'a Path,
     /// Every path the transaction touches and what it held before (`None`: absent).
     pub(super) before: Vec<(PathBuf, Option<Vec<u8>>)>,
+    /// Path → its index in `before` (a batch of thousands of keys must not search).
+    pub(super) index: HashMap<PathBuf, usize>,
     /// Indexes into `before` of the paths changed so far.
     pub(super) changed: Vec<usize>,
     /// Directories created, outermost first.
     pub(super) made_dirs: Vec<PathBuf>,
-    /// Temporary files not yet renamed into place.
+    /// Temporary files written, in the order they are renamed into place.
     pub(super) temps: Vec<PathBuf>,
+    /// How many of `temps` have been renamed (the rest are still temporary files).
+    pub(super) renamed: usize,
 }
 
 impl Steps<'_> {
     pub(super) fn remember(&mut self, path: &Path) -> Result<usize, StoreError> {
-        if let Some(i) = self.before.iter().position(|(p, _)| p == path) {
+        if let Some(&i) = self.index.get(path) {
             return Ok(i);
         }
         let before = read_opt(path)?;
         self.before.push((path.to_owned(), before));
+        self.index.insert(path.to_owned(), self.before.len() - 1);
         Ok(self.before.len() - 1)
     }
 
@@ -125,14 +138,13 @@ impl Steps<'_> {
                 return Err(StoreError::Io { path: path.clone(), source: io::Error::from_raw_os_error(libc::EISDIR) });
             }
             let i = self.remember(path)?;
-            let tmp = write_temp(path, bytes)?;
-            self.temps.push(tmp.clone());
-            renames.push((i, tmp, path));
+            self.temps.push(write_temp(path, bytes)?);
+            renames.push((i, path));
         }
         let deletes = deletes.iter().map(|p| Ok((self.remember(p)?, p))).collect::<Result<Vec<_>, StoreError>>()?;
-        for (i, tmp, path) in renames {
-            fs::rename(&tmp, path).map_err(io_err(path))?;
-            self.temps.retain(|t| *t != tmp);
+        for (n, (i, path)) in renames.into_iter().enumerate() {
+            fs::rename(&self.temps[n], path).map_err(io_err(path))?;
+            self.renamed = n + 1;
             self.changed.push(i);
         }
         for (i, path) in deletes {
@@ -158,7 +170,7 @@ impl Steps<'_> {
             };
             errors.extend(result.err());
         }
-        for tmp in &self.temps {
+        for tmp in &self.temps[self.renamed..] {
             errors.extend(remove_opt(tmp).err());
         }
         for dir in self.made_dirs.iter().rev() {
