@@ -1,6 +1,153 @@
-//! Parsing what `etcdctl -w json` prints.
+//! etcdctl against the cluster (API v3, with the client certificate on a TLS
+//! cluster), and parsing what `etcdctl -w json` prints.
 
 use base64::Engine as _;
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use super::{CLIENT_PORT, COMMAND_TIMEOUT, ETCDCTL_BIN, EtcdCluster};
+use crate::{
+    agent::{CliOutput, run_cli_with_env},
+    ns::NetNs,
+};
+
+impl EtcdCluster {
+    /// Runs `etcdctl <args>` (API v3) against every running member, from
+    /// inside a running member's namespace, with the client certificate on a
+    /// TLS cluster. Does not check the exit status.
+    pub fn etcdctl(&self, args: &[&str]) -> CliOutput {
+        self.etcdctl_with(self.any_running_ns(), &self.running(), args)
+    }
+
+    /// [`EtcdCluster::etcdctl`] from inside `ns` (a host of the underlay:
+    /// the request crosses the underlay).
+    pub fn etcdctl_in(&self, ns: &NetNs, args: &[&str]) -> CliOutput {
+        self.etcdctl_with(ns, &self.running(), args)
+    }
+
+    /// [`EtcdCluster::etcdctl`] against member `i` alone, from its own
+    /// namespace (with `get --consistency=s`, it answers from its own data).
+    pub fn etcdctl_member(&self, i: usize, args: &[&str]) -> CliOutput {
+        self.etcdctl_with(&self.member(i).ns, &[i], args)
+    }
+
+    /// The global etcdctl flags for this cluster: `--endpoints` (the running
+    /// members), timeouts and, with TLS, `--cacert --cert --key`. For
+    /// callers that run etcdctl themselves.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        self.flags_for(&self.running())
+    }
+
+    /// `etcdctl endpoint status` of every running member (leader, database size).
+    /// Panics unless every running member answers.
+    pub fn endpoint_status(&self) -> Vec<EndpointStatus> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        out.assert_success();
+        parse_status(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
+    }
+
+    /// Puts `key` = `value`; panics if etcdctl fails.
+    pub fn put(&self, key: &str, value: &str) {
+        self.etcdctl(&["put", "--", key, value]).assert_success();
+    }
+
+    /// Every key under `prefix` with its value, sorted by key (values are
+    /// read as UTF-8, lossily). Panics if etcdctl fails.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.etcdctl(&["get", "--prefix", "-w", "json", "--", prefix]);
+        out.assert_success();
+        parse_get(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
+    }
+
+    /// Deletes every key under `prefix`; returns how many there were.
+    /// Panics if etcdctl fails.
+    pub fn del_prefix(&self, prefix: &str) -> u64 {
+        let out = self.etcdctl(&["del", "--prefix", "--", prefix]);
+        out.assert_success();
+        out.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("etcdctl del printed {:?}: {e}", out.stdout))
+    }
+
+    pub(super) fn flags_for(&self, members: &[usize]) -> Vec<String> {
+        let endpoints: Vec<String> = members.iter().map(|&i| self.endpoint(i)).collect();
+        let timeout = crate::hang_guard(COMMAND_TIMEOUT);
+        let mut flags = vec![
+            format!("--endpoints={}", endpoints.join(",")),
+            format!("--dial-timeout={}ms", (timeout / 2).as_millis()),
+            format!("--command-timeout={}ms", timeout.as_millis()),
+        ];
+        if let Some(tls) = &self.tls {
+            flags.push(format!("--cacert={}", tls.ca_file.display()));
+            flags.push(format!("--cert={}", tls.cert_file.display()));
+            flags.push(format!("--key={}", tls.key_file.display()));
+        }
+        flags
+    }
+
+    pub(super) fn etcdctl_with(&self, ns: &NetNs, members: &[usize], args: &[&str]) -> CliOutput {
+        let mut all = self.flags_for(members);
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        run_cli_with_env(
+            Some(ns),
+            Path::new(ETCDCTL_BIN),
+            &all,
+            &[("ETCDCTL_API", "3")],
+        )
+    }
+
+    /// One look at the running members' status: the leader's index, or why
+    /// there is none they all agree on.
+    pub(super) fn try_leader(&self) -> Result<usize, String> {
+        let running = self.running();
+        if running.is_empty() {
+            return Err("no member is running".to_owned());
+        }
+        // Cheap check first: etcdctl waits its whole timeout for a closed port.
+        for &i in &running {
+            let m = &self.members[i];
+            let addr = SocketAddr::from((m.ip, CLIENT_PORT));
+            let listening = m
+                .ns
+                .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
+            if !listening {
+                return Err(format!("{} does not listen on {addr} yet", m.name));
+            }
+        }
+        let out = self.etcdctl_with(
+            self.any_running_ns(),
+            &running,
+            &["endpoint", "status", "-w", "json"],
+        );
+        let statuses =
+            parse_status(&out.stdout).map_err(|e| format!("{e}: {}{}", out.stdout, out.stderr))?;
+        if statuses.len() != running.len() {
+            return Err(format!(
+                "only {} of {} members answered: {}",
+                statuses.len(),
+                running.len(),
+                out.stderr
+            ));
+        }
+        let leader = statuses[0].leader;
+        if leader == 0 || statuses.iter().any(|s| s.leader != leader) {
+            return Err(format!("no agreed leader: {statuses:?}"));
+        }
+        let leading = statuses
+            .iter()
+            .find(|s| s.member_id == leader)
+            .ok_or_else(|| format!("leader {leader:x} is not a running member: {statuses:?}"))?;
+        self.endpoints()
+            .iter()
+            .position(|e| *e == leading.endpoint)
+            .ok_or_else(|| format!("unknown endpoint {}", leading.endpoint))
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointStatus {

@@ -16,37 +16,31 @@
 //! cluster (the test's own thread).
 
 use std::{
-    env,
-    fs::{self, OpenOptions},
-    io,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    os::unix::process::CommandExt as _,
+    env, fs, io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
     sync::{
-        Mutex, MutexGuard, Once, PoisonError,
+        Mutex, Once,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use overlay_agent::netlink::LinkChange;
 use tracing::{error, info, warn};
 
 mod ctl;
+mod member;
 mod tls;
+
+use member::Member;
 
 pub use ctl::{EndpointStatus, parse_get, parse_status};
 pub use tls::TlsFiles;
 use tls::write_tls_files;
 
 use crate::{
-    agent::{CliOutput, enter_netns, run_cli_with_env},
     ns::NetNs,
     topo::{UL_IF, Underlay, add_addr, add_route, link_veth, set_link},
 };
@@ -98,65 +92,6 @@ impl Default for EtcdOptions {
     }
 }
 
-
-/// One etcd member: its namespace and, while started, its process.
-#[derive(Debug)]
-struct Member {
-    name: String,
-    ip: Ipv4Addr,
-    data_dir: PathBuf,
-    log_path: PathBuf,
-    /// Server certificate and key (TLS clusters only).
-    server_tls: Option<(PathBuf, PathBuf)>,
-    /// `Some` from (re)start until [`EtcdCluster::stop`] or
-    /// [`EtcdCluster::kill`]; a process that exited on its own stays here (so
-    /// waits can tell a crash from a stop).
-    child: Mutex<Option<Child>>,
-    /// Declared last: dropped after the process is dead.
-    ns: NetNs,
-}
-
-impl Member {
-    fn child(&self) -> MutexGuard<'_, Option<Child>> {
-        self.child.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn client_url(&self, tls: bool) -> String {
-        let scheme = if tls { "https" } else { "http" };
-        format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://{}:{PEER_PORT}", self.ip)
-    }
-
-    /// `None` while running (or never started), else how it exited.
-    fn exit_status(&self) -> Option<ExitStatus> {
-        let mut child = self.child();
-        let child = child.as_mut()?;
-        child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("waitpid on etcd {}: {e}", self.name))
-    }
-
-    /// The pid, while it runs.
-    fn running_pid(&self) -> Option<u32> {
-        let mut child = self.child();
-        let child = child.as_mut()?;
-        let exited = child
-            .try_wait()
-            .unwrap_or_else(|e| panic!("waitpid on etcd {}: {e}", self.name));
-        exited.is_none().then(|| child.id())
-    }
-
-    fn is_running(&self) -> bool {
-        self.running_pid().is_some()
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
 
 /// A running etcd cluster on an [`Underlay`]; see the [module docs](self).
 ///
@@ -343,70 +278,6 @@ impl EtcdCluster {
         self.member(i).log()
     }
 
-    /// Stops member `i`: SIGTERM, then SIGKILL if it is still running after
-    /// [`STOP_TIMEOUT`]. It stays stopped until [`EtcdCluster::restart`].
-    /// Returns how it exited; panics if it was not started.
-    ///
-    /// etcd 3.4 handles SIGTERM (a leader hands leadership over first), then
-    /// raises it again: a clean stop reports "killed by SIGTERM", not exit 0.
-    pub fn stop(&mut self, i: usize) -> ExitStatus {
-        let grace = crate::hang_guard(STOP_TIMEOUT);
-        let member = self.member(i);
-        let mut child = member
-            .child()
-            .take()
-            .unwrap_or_else(|| panic!("etcd {} is not started", member.name));
-        if let Some(status) = child.try_wait().expect("waitpid on etcd") {
-            return status;
-        }
-        let pid = Pid::from_raw(child.id() as i32);
-        if let Err(e) = kill(pid, Signal::SIGTERM) {
-            warn!(%pid, error = %e, "SIGTERM to etcd");
-        }
-        let deadline = Instant::now() + grace;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waitpid on etcd") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                warn!(%pid, ?grace, member = %member.name, "etcd ignored SIGTERM; killing it");
-                break kill_and_reap(&mut child);
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        info!(member = %member.name, %status, "etcd stopped");
-        status
-    }
-
-    /// SIGKILLs member `i`, as a crash would. It stays stopped until
-    /// [`EtcdCluster::restart`]. Panics if it was not started.
-    pub fn kill(&mut self, i: usize) -> ExitStatus {
-        let member = self.member(i);
-        let mut child = member
-            .child()
-            .take()
-            .unwrap_or_else(|| panic!("etcd {} is not started", member.name));
-        let status = match child.try_wait().expect("waitpid on etcd") {
-            Some(status) => status,
-            None => kill_and_reap(&mut child),
-        };
-        info!(member = %member.name, %status, "etcd killed");
-        status
-    }
-
-    /// Starts member `i` again, with its data directory and
-    /// `--initial-cluster-state existing`. Does not wait: call
-    /// [`EtcdCluster::wait_healthy`]. Panics if it runs.
-    pub fn restart(&mut self, i: usize) {
-        let member = self.member(i);
-        assert!(!member.is_running(), "etcd {} is running", member.name);
-        let crashed = member.exit_status();
-        if let Some(status) = crashed {
-            warn!(member = %member.name, %status, "restarting an etcd that had exited on its own");
-        }
-        self.spawn(i, "existing");
-    }
-
     /// Waits until every running member answers `endpoint health` and all
     /// agree on a leader that is one of them; returns the leader's index.
     /// Panics, with every log, if a started member exits meanwhile or after
@@ -439,64 +310,6 @@ impl EtcdCluster {
         })
     }
 
-    /// Runs `etcdctl <args>` (API v3) against every running member, from
-    /// inside a running member's namespace, with the client certificate on a
-    /// TLS cluster. Does not check the exit status.
-    pub fn etcdctl(&self, args: &[&str]) -> CliOutput {
-        self.etcdctl_with(self.any_running_ns(), &self.running(), args)
-    }
-
-    /// [`EtcdCluster::etcdctl`] from inside `ns` (a host of the underlay:
-    /// the request crosses the underlay).
-    pub fn etcdctl_in(&self, ns: &NetNs, args: &[&str]) -> CliOutput {
-        self.etcdctl_with(ns, &self.running(), args)
-    }
-
-    /// [`EtcdCluster::etcdctl`] against member `i` alone, from its own
-    /// namespace (with `get --consistency=s`, it answers from its own data).
-    pub fn etcdctl_member(&self, i: usize, args: &[&str]) -> CliOutput {
-        self.etcdctl_with(&self.member(i).ns, &[i], args)
-    }
-
-    /// The global etcdctl flags for this cluster: `--endpoints` (the running
-    /// members), timeouts and, with TLS, `--cacert --cert --key`. For
-    /// callers that run etcdctl themselves.
-    pub fn etcdctl_flags(&self) -> Vec<String> {
-        self.flags_for(&self.running())
-    }
-
-    /// `etcdctl endpoint status` of every running member (leader, database size).
-    /// Panics unless every running member answers.
-    pub fn endpoint_status(&self) -> Vec<EndpointStatus> {
-        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
-        out.assert_success();
-        parse_status(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
-    }
-
-    /// Puts `key` = `value`; panics if etcdctl fails.
-    pub fn put(&self, key: &str, value: &str) {
-        self.etcdctl(&["put", "--", key, value]).assert_success();
-    }
-
-    /// Every key under `prefix` with its value, sorted by key (values are
-    /// read as UTF-8, lossily). Panics if etcdctl fails.
-    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        let out = self.etcdctl(&["get", "--prefix", "-w", "json", "--", prefix]);
-        out.assert_success();
-        parse_get(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
-    }
-
-    /// Deletes every key under `prefix`; returns how many there were.
-    /// Panics if etcdctl fails.
-    pub fn del_prefix(&self, prefix: &str) -> u64 {
-        let out = self.etcdctl(&["del", "--prefix", "--", prefix]);
-        out.assert_success();
-        out.stdout
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("etcdctl del printed {:?}: {e}", out.stdout))
-    }
-
     fn member(&self, i: usize) -> &Member {
         self.members.get(i).unwrap_or_else(|| {
             panic!(
@@ -520,80 +333,6 @@ impl EtcdCluster {
             .copied()
             .unwrap_or_else(|| self.fail("no etcd member is running"));
         &self.members[i].ns
-    }
-
-    fn flags_for(&self, members: &[usize]) -> Vec<String> {
-        let endpoints: Vec<String> = members.iter().map(|&i| self.endpoint(i)).collect();
-        let timeout = crate::hang_guard(COMMAND_TIMEOUT);
-        let mut flags = vec![
-            format!("--endpoints={}", endpoints.join(",")),
-            format!("--dial-timeout={}ms", (timeout / 2).as_millis()),
-            format!("--command-timeout={}ms", timeout.as_millis()),
-        ];
-        if let Some(tls) = &self.tls {
-            flags.push(format!("--cacert={}", tls.ca_file.display()));
-            flags.push(format!("--cert={}", tls.cert_file.display()));
-            flags.push(format!("--key={}", tls.key_file.display()));
-        }
-        flags
-    }
-
-    fn etcdctl_with(&self, ns: &NetNs, members: &[usize], args: &[&str]) -> CliOutput {
-        let mut all = self.flags_for(members);
-        all.extend(args.iter().map(|a| (*a).to_owned()));
-        run_cli_with_env(
-            Some(ns),
-            Path::new(ETCDCTL_BIN),
-            &all,
-            &[("ETCDCTL_API", "3")],
-        )
-    }
-
-    /// One look at the running members' status: the leader's index, or why
-    /// there is none they all agree on.
-    fn try_leader(&self) -> Result<usize, String> {
-        let running = self.running();
-        if running.is_empty() {
-            return Err("no member is running".to_owned());
-        }
-        // Cheap check first: etcdctl waits its whole timeout for a closed port.
-        for &i in &running {
-            let m = &self.members[i];
-            let addr = SocketAddr::from((m.ip, CLIENT_PORT));
-            let listening = m
-                .ns
-                .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
-            if !listening {
-                return Err(format!("{} does not listen on {addr} yet", m.name));
-            }
-        }
-        let out = self.etcdctl_with(
-            self.any_running_ns(),
-            &running,
-            &["endpoint", "status", "-w", "json"],
-        );
-        let statuses =
-            parse_status(&out.stdout).map_err(|e| format!("{e}: {}{}", out.stdout, out.stderr))?;
-        if statuses.len() != running.len() {
-            return Err(format!(
-                "only {} of {} members answered: {}",
-                statuses.len(),
-                running.len(),
-                out.stderr
-            ));
-        }
-        let leader = statuses[0].leader;
-        if leader == 0 || statuses.iter().any(|s| s.leader != leader) {
-            return Err(format!("no agreed leader: {statuses:?}"));
-        }
-        let leading = statuses
-            .iter()
-            .find(|s| s.member_id == leader)
-            .ok_or_else(|| format!("leader {leader:x} is not a running member: {statuses:?}"))?;
-        self.endpoints()
-            .iter()
-            .position(|e| *e == leading.endpoint)
-            .ok_or_else(|| format!("unknown endpoint {}", leading.endpoint))
     }
 
     /// Calls `probe` every 100 ms until it succeeds; panics, with every log,
@@ -644,70 +383,6 @@ impl EtcdCluster {
             .collect()
     }
 
-    /// Starts the etcd process of member `i` in its namespace.
-    fn spawn(&self, i: usize, state: &str) {
-        let m = &self.members[i];
-        let initial_cluster: Vec<String> = self
-            .members
-            .iter()
-            .map(|p| format!("{}={}", p.name, p.peer_url()))
-            .collect();
-        let client_url = m.client_url(self.tls.is_some());
-        // Heartbeats and elections slow down with everything else on an
-        // emulated machine; leaders would flap otherwise.
-        let heartbeat = crate::hang_guard(Duration::from_millis(100));
-        let election = heartbeat * 10;
-        let mut command = Command::new(ETCD_BIN);
-        command
-            .arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", m.data_dir.display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={}", m.peer_url()))
-            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url()))
-            .arg(format!("--initial-cluster={}", initial_cluster.join(",")))
-            .arg(format!("--initial-cluster-state={state}"))
-            .arg(format!("--initial-cluster-token={}", self.token))
-            .arg(format!("--heartbeat-interval={}", heartbeat.as_millis()))
-            .arg(format!("--election-timeout={}", election.as_millis()))
-            // etcd 3.4 defaults to the capnslog logger, which ignores --log-level.
-            .args(["--logger=zap", "--log-level=warn", "--log-outputs=stderr"]);
-        if let (Some(tls), Some((cert, key))) = (&self.tls, &m.server_tls) {
-            command
-                .arg(format!("--cert-file={}", cert.display()))
-                .arg(format!("--key-file={}", key.display()))
-                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
-                .arg("--client-cert-auth");
-        }
-        // Only the flags count: etcd also reads ETCD_* variables.
-        for (key, _) in env::vars_os() {
-            if key.to_string_lossy().starts_with("ETCD") {
-                command.env_remove(key);
-            }
-        }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.log_path)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", m.log_path.display()));
-        let log_err = log.try_clone().expect("clone log file");
-        command.stdin(Stdio::null()).stdout(log).stderr(log_err);
-        let _ns_file = enter_netns(&mut command, &m.ns);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {ETCD_BIN} in {}: {e}", m.ns.name()));
-        info!(pid = child.id(), member = %m.name, ns = m.ns.name(), state, "etcd started");
-        *m.child() = Some(child);
-    }
 }
 
 impl Drop for EtcdCluster {
@@ -741,13 +416,6 @@ impl Drop for EtcdCluster {
             Err(e) => panic!("removing {}: {e}", self.dir.display()),
         }
     }
-}
-
-fn kill_and_reap(child: &mut Child) -> ExitStatus {
-    if let Err(e) = child.kill() {
-        warn!(pid = child.id(), error = %e, "SIGKILL to etcd");
-    }
-    child.wait().expect("waitpid on etcd")
 }
 
 /// The address of member `i`.
