@@ -28,6 +28,11 @@ const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 /// A sensible subset for emulated CPUs: ping across hosts, the 64 MiB transfer (GSO and
 /// decapsulation on old kernels), endpoint removal.
 const DEFAULT_TESTS: &[&str] = &["same_network_pairs", "large_tcp_transfers", "endpoint_del"];
+/// From the restart suite: adoption after SIGTERM, and the upgrade to a build with other
+/// programs and another map layout and back. On kernels before 6.6 these are the only
+/// tests of restarting over the netlink (clsact + cls_bpf) attachment: the filter
+/// replaced on the same handle and priority, the pinned maps adopted.
+const DEFAULT_RESTART_TESTS: &[&str] = &["sigterm_and_start", "upgrade_to_another_build"];
 
 /// The kernels of the matrix, oldest first: (name, Debian suite).
 const KERNELS: [(&str, &str); 4] = [("5.10", "bullseye"), ("6.1", "bookworm"), ("6.12", "trixie"), ("newest", "trixie-backports")];
@@ -44,6 +49,10 @@ pub struct Args {
     /// Test name filters for the overlay suite (default: a subset sized for emulation).
     #[arg(long, value_delimiter = ',')]
     pub tests: Vec<String>,
+    /// Test name filters for the restart suite (default: SIGTERM and the upgrade);
+    /// `none` skips it.
+    #[arg(long, value_delimiter = ',')]
+    pub restart_tests: Vec<String>,
     /// Kill a VM after this many seconds.
     #[arg(long, default_value_t = 1200)]
     pub timeout: u64,
@@ -178,17 +187,21 @@ fn ensure_vng(cache: &Path) -> Result<PathBuf> {
     Ok(vng)
 }
 
-/// The overlay suite's test executable, built for the host (the guest runs it as is).
-fn overlay_test_binary() -> Result<PathBuf> {
-    let out = exec::stdout(workspace::cargo().args(["test", "-p", "integration-tests", "--test", "overlay", "--no-run", "--message-format=json"]))?;
+/// The executable of integration test file `name` (`overlay`, `restart`), built for the
+/// host (the guest runs it as is).
+fn test_binary(name: &str) -> Result<PathBuf> {
+    let out = exec::stdout(workspace::cargo().args(["test", "-p", "integration-tests", "--test", name, "--no-run", "--message-format=json"]))?;
+    let tag = format!("\"name\":\"{name}\"");
     out.lines()
-        .filter(|l| l.contains("\"executable\":\"") && l.contains("\"name\":\"overlay\""))
+        .filter(|l| l.contains("\"executable\":\"") && l.contains(&tag))
         .find_map(|l| l.split("\"executable\":\"").nth(1)?.split('"').next().map(PathBuf::from))
-        .ok_or_else(|| anyhow!("cargo did not report the overlay test executable"))
+        .ok_or_else(|| anyhow!("cargo did not report the {name} test executable"))
 }
 
 const GUEST_SCRIPT: &str = r#"#!/bin/sh
-# Runs inside the VM. $1 output dir, $2 datapath mode, $3 test binary, $4 agent, $5.. filters
+# Runs inside the VM. $1 output dir, $2 datapath mode, $3 overlay test binary, $4 agent,
+# $5.. overlay filters. $RESTART_TESTS (restart test binary), $VARIANT (the upgrade-test
+# build of the agent) and $RESTART_FILTERS (empty: skip) for the restart suite.
 out=$1; mode=$2; tests=$3; agent=$4; shift 4
 {
   mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
@@ -226,7 +239,16 @@ CFG
   start=$(date +%s)
   OVERLAY_AGENT_BIN="$agent" OVERLAY_TEST_DATAPATH="$mode" OVERLAY_TEST_SLOW="${OVERLAY_TEST_SLOW:-1}" \
     "$tests" --test-threads=1 "$@"
-  echo $? > "$out/rc"
+  rc=$?
+  if [ -n "$RESTART_FILTERS" ]; then
+    echo "restart suite: $RESTART_FILTERS"
+    # shellcheck disable=SC2086 # the filters are words
+    OVERLAY_AGENT_BIN="$agent" OVERLAY_AGENT_VARIANT_BIN="$VARIANT" OVERLAY_TEST_DATAPATH="$mode" \
+      OVERLAY_TEST_SLOW="${OVERLAY_TEST_SLOW:-1}" "$RESTART_TESTS" --test-threads=1 $(echo "$RESTART_FILTERS" | tr , ' ')
+    restart_rc=$?
+    [ $rc -eq 0 ] && rc=$restart_rc
+  fi
+  echo $rc > "$out/rc"
   echo "tests took $(( $(date +%s) - start ))s"
   dmesg > "$out/dmesg" 2>&1
 } > "$out/log" 2>&1
@@ -260,31 +282,38 @@ fn probe_datapath(json: &str) -> Option<ProbeDatapath> {
     serde_json::from_str::<Status>(json).ok().map(|s| s.datapath)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
-fn run_kernel(
-    vng: &Path,
-    name: &str,
-    version: &str,
-    vmlinuz: &Path,
-    args: &Args,
-    tests: &Path,
-    agent: &Path,
-    script: &Path,
-    work: &Path,
-) -> Result<Outcome> {
+/// Private copies of what the guest runs (see [`execute`]).
+struct GuestFiles {
+    script: PathBuf,
+    overlay_tests: PathBuf,
+    restart_tests: PathBuf,
+    agent: PathBuf,
+    variant: PathBuf,
+}
+
+fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args, files: &GuestFiles, work: &Path) -> Result<Outcome> {
     let out = work.join(format!("{version}-{}", args.mode));
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
     let filters: Vec<String> = if args.tests.is_empty() { DEFAULT_TESTS.iter().map(|s| s.to_string()).collect() } else { args.tests.clone() };
+    let restart_filters: Vec<String> = match args.restart_tests.as_slice() {
+        [] => DEFAULT_RESTART_TESTS.iter().map(|s| s.to_string()).collect(),
+        [none] if none == "none" => Vec::new(),
+        some => some.to_vec(),
+    };
     // Emulation is many times slower: give the harness's hang guards room.
     let slow = if args.kvm { 1 } else { 10 };
+    // Restart filters travel comma-separated (one word through vng's shell).
     let exec_line = format!(
-        "env OVERLAY_TEST_SLOW={slow} {} {} {} {} {} {}",
-        script.display(),
+        "env OVERLAY_TEST_SLOW={slow} RESTART_TESTS={} VARIANT={} RESTART_FILTERS={} {} {} {} {} {} {}",
+        files.restart_tests.display(),
+        files.variant.display(),
+        restart_filters.join(","),
+        files.script.display(),
         out.display(),
         args.mode,
-        tests.display(),
-        agent.display(),
+        files.overlay_tests.display(),
+        files.agent.display(),
         filters.join(" ")
     );
     let mut cmd = Command::new(vng);
@@ -297,7 +326,13 @@ fn run_kernel(
         cmd.arg("--disable-kvm");
     }
     cmd.stdin(Stdio::null()).stdout(fs::File::create(out.join("vng.log"))?).stderr(fs::File::create(out.join("vng.err"))?);
-    eprintln!("xtask: booting {version} ({}) for the {} tests in {} mode", if args.kvm { "KVM" } else { "TCG" }, filters.join(", "), args.mode);
+    eprintln!(
+        "xtask: booting {version} ({}) for the {} tests and the restart suite's {} in {} mode",
+        if args.kvm { "KVM" } else { "TCG" },
+        filters.join(", "),
+        if restart_filters.is_empty() { "none".to_owned() } else { restart_filters.join(", ") },
+        args.mode
+    );
     let start = Instant::now();
     let mut child = cmd.spawn().with_context(|| format!("starting {}", exec::command_line(&cmd)))?;
     let limit = Duration::from_secs(args.timeout);
@@ -342,22 +377,29 @@ pub fn execute(args: &Args) -> Result<()> {
     let work = workspace::target_dir().join("vm-test");
     let bin = work.join(format!("bin-{}", std::process::id()));
     fs::create_dir_all(&bin)?;
-    let tests = bin.join("overlay-tests");
-    fs::copy(overlay_test_binary()?, &tests).context("copying the test binary")?;
-    let agent = bin.join("overlay-agent");
-    fs::copy(workspace::debug_bin("overlay-agent"), &agent).context("copying the agent")?;
+    let files = GuestFiles {
+        script: work.join("guest.sh"),
+        overlay_tests: bin.join("overlay-tests"),
+        restart_tests: bin.join("restart-tests"),
+        agent: bin.join("overlay-agent"),
+        variant: bin.join("overlay-agent-variant"),
+    };
+    fs::copy(test_binary("overlay")?, &files.overlay_tests).context("copying the overlay test binary")?;
+    fs::copy(test_binary("restart")?, &files.restart_tests).context("copying the restart test binary")?;
+    fs::copy(workspace::debug_bin("overlay-agent"), &files.agent).context("copying the agent")?;
+    // The restart suite's upgrade test switches to this build and back.
+    fs::copy(build::build_variant()?, &files.variant).context("copying the upgrade-test variant")?;
     let cache = cache_dir()?;
     fs::create_dir_all(&cache)?;
     let vng = ensure_vng(&cache)?;
     apt_update(&cache)?;
-    let script = work.join("guest.sh");
-    fs::write(&script, GUEST_SCRIPT)?;
-    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs::write(&files.script, GUEST_SCRIPT)?;
+    fs::set_permissions(&files.script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
 
     let mut outcomes = Vec::new();
     for (name, suite) in kernels {
         let (version, vmlinuz) = fetch_kernel(&cache, suite)?;
-        let o = run_kernel(&vng, name, &version, &vmlinuz, args, &tests, &agent, &script, &work)?;
+        let o = run_kernel(&vng, name, &version, &vmlinuz, args, &files, &work)?;
         eprintln!("xtask: {version}: {} ({} datapath; {}s)", o.result, o.datapath, o.seconds);
         outcomes.push(o);
     }
