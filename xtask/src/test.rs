@@ -15,6 +15,11 @@ const TEST_PIN_PREFIX: &str = "overlay-test";
 /// etcd servers the integration tests start keep their data, logs and certificates in
 /// `$TMPDIR/ovt-etcd-<pid>x<n>` (tests/src/etcd.rs `DIR_PREFIX`).
 const TEST_ETCD_DIR_PREFIX: &str = "ovt-etcd-";
+/// `<parent>/ovt-lab-<pid>x<n>`: a test lab's configs, logs and `dir` store
+/// (tests/src/lab.rs), in the temporary directory or, for `bench --preload`, `/dev/shm`.
+const TEST_LAB_DIR_PREFIX: &str = "ovt-lab-";
+/// Where test labs make their directories besides the temporary directory.
+const SHM: &str = "/dev/shm";
 
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 /// The suites that also run with kernel-mode agents (the rest runs once, in eBPF mode,
@@ -79,7 +84,7 @@ pub fn execute(args: &Args) -> Result<()> {
     let cleanup = match remove_leftovers("after the tests") {
         Ok(0) => Ok(()),
         Ok(n) => Err(anyhow::anyhow!(
-            "the test suite left {n} namespace(s), pin(s), etcd directories or agent/etcd process(es) behind (removed now)"
+            "the test suite left {n} namespace(s), pin(s), etcd or lab directories or agent/etcd process(es) behind (removed now)"
         )),
         Err(e) => Err(e),
     };
@@ -110,7 +115,8 @@ pub fn execute(args: &Args) -> Result<()> {
 /// Deletes what crashed test runs leave behind: agents started by the tests (their
 /// config lives in an `ovt-lab-*` directory), etcd servers started by the tests (their
 /// data dir is in an `ovt-etcd-*` directory), `ovt*` network namespaces,
-/// `/sys/fs/bpf/overlay-test*` pins and `$TMPDIR/ovt-etcd-*` directories. Touches
+/// `/sys/fs/bpf/overlay-test*` pins, `$TMPDIR/ovt-etcd-*` directories and lab
+/// directories (`$TMPDIR/ovt-lab-*`, `/dev/shm/ovt-lab-*`). Touches
 /// nothing else. Returns how many it found.
 fn remove_leftovers(when: &str) -> Result<usize> {
     let processes = test_processes();
@@ -123,10 +129,13 @@ fn remove_leftovers(when: &str) -> Result<usize> {
     let namespaces = test_namespaces(&exec::stdout(Command::new("ip").args(["netns", "list"]))?);
     let pins = test_pins(Path::new(BPFFS))?;
     // After the kills: a SIGKILLed etcd writes nothing more into its directory.
-    let etcd_dirs = test_etcd_dirs(&std::env::temp_dir())?;
-    let found = processes.len() + namespaces.len() + pins.len() + etcd_dirs.len();
-    if namespaces.is_empty() && pins.is_empty() && etcd_dirs.is_empty() {
-        eprintln!("xtask: no leftover test namespaces, bpffs pins or etcd directories {when}");
+    let tmp = std::env::temp_dir();
+    let mut dirs = test_dirs(&tmp, TEST_ETCD_DIR_PREFIX)?;
+    dirs.extend(test_dirs(&tmp, TEST_LAB_DIR_PREFIX)?);
+    dirs.extend(test_dirs(Path::new(SHM), TEST_LAB_DIR_PREFIX)?);
+    let found = processes.len() + namespaces.len() + pins.len() + dirs.len();
+    if namespaces.is_empty() && pins.is_empty() && dirs.is_empty() {
+        eprintln!("xtask: no leftover test namespaces, bpffs pins, etcd or lab directories {when}");
         return Ok(found);
     }
     let mut errors = Vec::new();
@@ -150,9 +159,9 @@ fn remove_leftovers(when: &str) -> Result<usize> {
             errors.push(err);
         }
     }
-    for dir in etcd_dirs {
+    for dir in dirs {
         eprintln!(
-            "xtask: deleting leftover etcd directory {} ({when})",
+            "xtask: deleting leftover test directory {} ({when})",
             dir.display()
         );
         if let Err(err) =
@@ -206,8 +215,8 @@ fn test_process_kind(cmdline: &[u8]) -> Option<&'static str> {
     (is_etcd && args.any(|arg| arg.contains(&etcd_dir))).then_some("etcd")
 }
 
-/// `ovt-etcd-*` entries directly under `tmp` (the temporary directory).
-fn test_etcd_dirs(tmp: &Path) -> Result<Vec<std::path::PathBuf>> {
+/// `<prefix>*` entries directly under `tmp` (the temporary directory, or `/dev/shm`).
+fn test_dirs(tmp: &Path, prefix: &str) -> Result<Vec<std::path::PathBuf>> {
     let entries = match fs::read_dir(tmp) {
         Ok(entries) => entries,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -219,7 +228,7 @@ fn test_etcd_dirs(tmp: &Path) -> Result<Vec<std::path::PathBuf>> {
         if entry
             .file_name()
             .to_string_lossy()
-            .starts_with(TEST_ETCD_DIR_PREFIX)
+            .starts_with(prefix)
         {
             dirs.push(entry.path());
         }
@@ -311,18 +320,20 @@ mod tests {
     }
 
     #[test]
-    fn etcd_dirs_by_prefix_only() {
+    fn etcd_and_lab_dirs_by_prefix_only() {
         let dir = std::env::temp_dir().join(format!("xtask-etcd-dirs-{}", std::process::id()));
         fs::create_dir_all(dir.join("ovt-etcd-12x0/m0/member")).unwrap();
         fs::create_dir_all(dir.join("ovt-lab-12x0")).unwrap();
         fs::create_dir_all(dir.join("etcd")).unwrap();
         fs::write(dir.join("ovt-etcd-13x4"), b"").unwrap();
-        let found = test_etcd_dirs(&dir).unwrap();
+        let found = test_dirs(&dir, TEST_ETCD_DIR_PREFIX).unwrap();
+        let labs = test_dirs(&dir, TEST_LAB_DIR_PREFIX).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
             found,
             [dir.join("ovt-etcd-12x0"), dir.join("ovt-etcd-13x4")]
         );
-        assert!(test_etcd_dirs(&dir).unwrap().is_empty());
+        assert_eq!(labs, [dir.join("ovt-lab-12x0")]);
+        assert!(test_dirs(&dir, TEST_ETCD_DIR_PREFIX).unwrap().is_empty());
     }
 }
