@@ -233,12 +233,15 @@ fn switching_modes_keeps_endpoints_and_leaves_no_residue_of_the_other_mode() {
     for (n, mode) in [DatapathMode::Ebpf, DatapathMode::Kernel, DatapathMode::Ebpf].into_iter().enumerate() {
         lab.set_mode(0, mode);
         lab.start_agent(0);
+        // A mode switch rebuilds the datapath: traffic flows once the first sync is in.
+        lab.wait_synced(0);
         assert_eq!(status_json(&lab, 0)["datapath"]["mode"], mode.to_string());
         if n == 0 {
             lab.cli(0, &["endpoint", "add", "--network", "blue", "--netns", c.name(), "--ip", "10.0.10.11"]).assert_success();
         }
         lab.wait_for_dump(1, "peer learns the endpoint", CONVERGE, |d| d.fdb.iter().any(|f| f.vtep == Some(lab.host(0).ip)));
-        assert!(ping(&c, ip("10.0.10.12"), 2, Duration::from_secs(2)).received == 2, "{mode}");
+        let r = ping(&c, ip("10.0.10.12"), 2, Duration::from_secs(2));
+        assert_eq!(r.received, 2, "{mode}: {r:?}");
         let links = agent_links(&lab, 0);
         match mode {
             // eBPF mode has no bridges; kernel mode no pins.
@@ -256,8 +259,10 @@ fn switching_modes_keeps_endpoints_and_leaves_no_residue_of_the_other_mode() {
     assert!(lab.nodes[0].bpffs_dir.exists(), "the killed agent's pins should still be there");
     lab.set_mode(0, DatapathMode::Kernel);
     lab.start_agent(0);
+    lab.wait_synced(0);
     assert!(!lab.nodes[0].bpffs_dir.exists(), "kernel mode kept the crashed eBPF agent's pins");
-    assert!(ping(&c, ip("10.0.10.12"), 2, Duration::from_secs(2)).received == 2);
+    let r = ping(&c, ip("10.0.10.12"), 2, Duration::from_secs(2));
+    assert_eq!(r.received, 2, "after the crash, in kernel mode: {r:?}");
     let links = agent_links(&lab, 0);
     assert_eq!(links.iter().filter(|l| l.starts_with("ovbr") || l.starts_with("ovvx")).count(), 4, "one bridge and one VXLAN device per network: {links:?}");
     lab.down(0);
