@@ -367,6 +367,12 @@ fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args
     })
 }
 
+/// A VM that ended without the guest script ever writing its log (QEMU or virtme-ng
+/// failed before the guest ran anything).
+fn never_started(o: &Outcome) -> bool {
+    o.result.starts_with("failed") && !o.log.exists()
+}
+
 pub fn execute(args: &Args) -> Result<()> {
     let kernels = selected(&args.kernel)?;
     setup::run()?;
@@ -399,7 +405,13 @@ pub fn execute(args: &Args) -> Result<()> {
     let mut outcomes = Vec::new();
     for (name, suite) in kernels {
         let (version, vmlinuz) = fetch_kernel(&cache, suite)?;
-        let o = run_kernel(&vng, name, &version, &vmlinuz, args, &files, &work)?;
+        let mut o = run_kernel(&vng, name, &version, &vmlinuz, args, &files, &work)?;
+        if never_started(&o) {
+            // Seen once on this machine: QEMU gone within seconds, nothing logged by vng
+            // or the guest. That is the emulator, not the kernel under test: one retry.
+            eprintln!("xtask: {version}: the VM exited after {}s without running the guest script; booting it once more", o.seconds);
+            o = run_kernel(&vng, name, &version, &vmlinuz, args, &files, &work)?;
+        }
         eprintln!("xtask: {version}: {} ({} datapath; {}s)", o.result, o.datapath, o.seconds);
         outcomes.push(o);
     }
