@@ -125,7 +125,7 @@ fn log_files(config: &Path) -> (PathBuf, File, File) {
 }
 
 /// `PR_SET_PDEATHSIG(SIGKILL)` for the child: it dies with the thread that spawned it.
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
@@ -274,25 +274,8 @@ impl AgentProcess {
             return status;
         }
         let child = self.child.as_mut().expect("agent child");
-        let pid = Pid::from_raw(child.id() as i32);
-        if let Err(e) = kill(pid, Signal::SIGTERM) {
-            warn!(%pid, error = %e, "SIGTERM to the agent");
-        }
-        let deadline = Instant::now() + grace;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waitpid on the agent") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                warn!(%pid, ?grace, "agent ignored SIGTERM; killing it");
-                if let Err(e) = child.kill() {
-                    warn!(%pid, error = %e, "SIGKILL to the agent");
-                }
-                break child.wait().expect("waitpid on the agent");
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        debug!(%pid, %status, "agent stopped");
+        let status = terminate(child, grace, "the agent");
+        debug!(pid = child.id(), %status, "agent stopped");
         self.status = Some(status);
         status
     }
@@ -308,6 +291,34 @@ impl AgentProcess {
         self.status = Some(status);
         status
     }
+}
+
+/// SIGTERM to `child` (`what` names it in the logs), then waits up to `grace` for it
+/// to exit, then SIGKILLs it; returns how it exited.
+pub(crate) fn terminate(child: &mut Child, grace: Duration, what: &str) -> ExitStatus {
+    let pid = Pid::from_raw(child.id() as i32);
+    if let Err(e) = kill(pid, Signal::SIGTERM) {
+        warn!(%pid, error = %e, "SIGTERM to {what}");
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("waitpid on {what}: {e}")) {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            warn!(%pid, ?grace, "{what} ignored SIGTERM; killing it");
+            return kill_and_reap(child, what);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs `child` and reaps it; returns how it exited.
+pub(crate) fn kill_and_reap(child: &mut Child, what: &str) -> ExitStatus {
+    if let Err(e) = child.kill() {
+        warn!(pid = child.id(), error = %e, "SIGKILL to {what}");
+    }
+    child.wait().unwrap_or_else(|e| panic!("waitpid on {what}: {e}"))
 }
 
 impl Drop for AgentProcess {

@@ -4,24 +4,20 @@
 use std::{
     env,
     fs::{self, OpenOptions},
-    io,
     net::Ipv4Addr,
-    os::unix::process::CommandExt as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Mutex, MutexGuard, PoisonError},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use tracing::{info, warn};
 
 use super::{CLIENT_PORT, ETCD_BIN, EtcdCluster, PEER_PORT, STOP_TIMEOUT};
-use crate::{agent::enter_netns, ns::NetNs};
+use crate::{
+    agent::{die_with_parent, enter_netns, kill_and_reap, terminate},
+    ns::NetNs,
+};
 
 /// One etcd member: its namespace and, while started, its process.
 #[derive(Debug)]
@@ -99,21 +95,7 @@ impl EtcdCluster {
         if let Some(status) = child.try_wait().expect("waitpid on etcd") {
             return status;
         }
-        let pid = Pid::from_raw(child.id() as i32);
-        if let Err(e) = kill(pid, Signal::SIGTERM) {
-            warn!(%pid, error = %e, "SIGTERM to etcd");
-        }
-        let deadline = Instant::now() + grace;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waitpid on etcd") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                warn!(%pid, ?grace, member = %member.name, "etcd ignored SIGTERM; killing it");
-                break kill_and_reap(&mut child);
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+        let status = terminate(&mut child, grace, &format!("etcd {}", member.name));
         info!(member = %member.name, %status, "etcd stopped");
         status
     }
@@ -128,7 +110,7 @@ impl EtcdCluster {
             .unwrap_or_else(|| panic!("etcd {} is not started", member.name));
         let status = match child.try_wait().expect("waitpid on etcd") {
             Some(status) => status,
-            None => kill_and_reap(&mut child),
+            None => kill_and_reap(&mut child, &format!("etcd {}", member.name)),
         };
         info!(member = %member.name, %status, "etcd killed");
         status
@@ -196,15 +178,7 @@ impl EtcdCluster {
         let log_err = log.try_clone().expect("clone log file");
         command.stdin(Stdio::null()).stdout(log).stderr(log_err);
         let _ns_file = enter_netns(&mut command, &m.ns);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {ETCD_BIN} in {}: {e}", m.ns.name()));
@@ -213,9 +187,3 @@ impl EtcdCluster {
     }
 }
 
-fn kill_and_reap(child: &mut Child) -> ExitStatus {
-    if let Err(e) = child.kill() {
-        warn!(pid = child.id(), error = %e, "SIGKILL to etcd");
-    }
-    child.wait().expect("waitpid on etcd")
-}
