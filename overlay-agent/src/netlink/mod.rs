@@ -127,6 +127,15 @@ fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
     Ok(())
 }
 
+/// The message of `ip route ... blackhole DST/LEN`.
+fn blackhole_route(dst: Ipv4Addr, prefix_len: u8) -> Result<rtnetlink::packet_route::route::RouteMessage, NetlinkError> {
+    validate_prefix_len(prefix_len)?;
+    Ok(RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, prefix_len)
+        .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
+        .build())
+}
+
 fn validate_prefix_len(prefix_len: u8) -> Result<(), NetlinkError> {
     if prefix_len > 32 {
         return Err(NetlinkError::InvalidPrefixLen { prefix_len });
@@ -519,23 +528,13 @@ impl Netlink {
     /// `ip route add blackhole DST/LEN`: traffic to it is dropped (tests use it to cut a
     /// host off from one address). Idempotent.
     pub async fn add_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
-        validate_prefix_len(prefix_len)?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix_len)
-            .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
-            .build();
-        let result = self.handle.route().add(msg).execute().await;
+        let result = self.handle.route().add(blackhole_route(dst, prefix_len)?).execute().await;
         idempotent(result, &[libc::EEXIST], "add blackhole route", format!("{dst}/{prefix_len}")).map(drop)
     }
 
     /// Removes a route added by [`Netlink::add_blackhole_route`]; fine if it is gone.
     pub async fn del_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
-        validate_prefix_len(prefix_len)?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix_len)
-            .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
-            .build();
-        let result = self.handle.route().del(msg).execute().await;
+        let result = self.handle.route().del(blackhole_route(dst, prefix_len)?).execute().await;
         idempotent(result, &[libc::ESRCH, libc::ENOENT], "delete blackhole route", format!("{dst}/{prefix_len}")).map(drop)
     }
 
