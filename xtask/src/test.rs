@@ -13,7 +13,7 @@ const TEST_NETNS_PREFIX: &str = "ovt";
 const BPFFS: &str = "/sys/fs/bpf";
 const TEST_PIN_PREFIX: &str = "overlay-test";
 /// etcd servers the integration tests start keep their data, logs and certificates in
-/// `$TMPDIR/ovt-etcd-<pid>x<n>` (tests/src/etcd.rs `DIR_PREFIX`).
+/// `$TMPDIR/ovt-etcd-<pid>x<n>` (tests/src/etcd/mod.rs `DIR_PREFIX`).
 const TEST_ETCD_DIR_PREFIX: &str = "ovt-etcd-";
 /// `<parent>/ovt-lab-<pid>x<n>`: a test lab's configs, logs and `dir` store
 /// (tests/src/lab.rs), in the temporary directory or, for `bench --preload`, `/dev/shm`.

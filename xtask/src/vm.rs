@@ -282,39 +282,36 @@ fn probe_datapath(json: &str) -> Option<ProbeDatapath> {
     serde_json::from_str::<Status>(json).ok().map(|s| s.datapath)
 }
 
-/// Private copies of what the guest runs (see [`execute`]).
-struct GuestFiles {
+/// What every guest runs: private copies of the binaries (see [`execute`]) and the test
+/// name filters of each suite (an empty `restart_filters` skips the restart suite).
+struct Guest {
     script: PathBuf,
     overlay_tests: PathBuf,
     restart_tests: PathBuf,
     agent: PathBuf,
     variant: PathBuf,
+    filters: Vec<String>,
+    restart_filters: Vec<String>,
 }
 
-fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args, files: &GuestFiles, work: &Path) -> Result<Outcome> {
+fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args, guest: &Guest, work: &Path) -> Result<Outcome> {
     let out = work.join(format!("{version}-{}", args.mode));
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out)?;
-    let filters: Vec<String> = if args.tests.is_empty() { DEFAULT_TESTS.iter().map(|s| s.to_string()).collect() } else { args.tests.clone() };
-    let restart_filters: Vec<String> = match args.restart_tests.as_slice() {
-        [] => DEFAULT_RESTART_TESTS.iter().map(|s| s.to_string()).collect(),
-        [none] if none == "none" => Vec::new(),
-        some => some.to_vec(),
-    };
     // Emulation is many times slower: give the harness's hang guards room.
     let slow = if args.kvm { 1 } else { 10 };
     // Restart filters travel comma-separated (one word through vng's shell).
     let exec_line = format!(
         "env OVERLAY_TEST_SLOW={slow} RESTART_TESTS={} VARIANT={} RESTART_FILTERS={} {} {} {} {} {} {}",
-        files.restart_tests.display(),
-        files.variant.display(),
-        restart_filters.join(","),
-        files.script.display(),
+        guest.restart_tests.display(),
+        guest.variant.display(),
+        guest.restart_filters.join(","),
+        guest.script.display(),
         out.display(),
         args.mode,
-        files.overlay_tests.display(),
-        files.agent.display(),
-        filters.join(" ")
+        guest.overlay_tests.display(),
+        guest.agent.display(),
+        guest.filters.join(" ")
     );
     let mut cmd = Command::new(vng);
     // vng runs its helpers (virtme-run) through PATH.
@@ -329,8 +326,8 @@ fn run_kernel(vng: &Path, name: &str, version: &str, vmlinuz: &Path, args: &Args
     eprintln!(
         "xtask: booting {version} ({}) for the {} tests and the restart suite's {} in {} mode",
         if args.kvm { "KVM" } else { "TCG" },
-        filters.join(", "),
-        if restart_filters.is_empty() { "none".to_owned() } else { restart_filters.join(", ") },
+        guest.filters.join(", "),
+        if guest.restart_filters.is_empty() { "none".to_owned() } else { guest.restart_filters.join(", ") },
         args.mode
     );
     let start = Instant::now();
@@ -383,34 +380,42 @@ pub fn execute(args: &Args) -> Result<()> {
     let work = workspace::target_dir().join("vm-test");
     let bin = work.join(format!("bin-{}", std::process::id()));
     fs::create_dir_all(&bin)?;
-    let files = GuestFiles {
+    let guest = Guest {
         script: work.join("guest.sh"),
         overlay_tests: bin.join("overlay-tests"),
         restart_tests: bin.join("restart-tests"),
         agent: bin.join("overlay-agent"),
         variant: bin.join("overlay-agent-variant"),
+        filters: if args.tests.is_empty() { DEFAULT_TESTS.iter().map(|s| s.to_string()).collect() } else { args.tests.clone() },
+        restart_filters: match args.restart_tests.as_slice() {
+            [] => DEFAULT_RESTART_TESTS.iter().map(|s| s.to_string()).collect(),
+            [none] if none == "none" => Vec::new(),
+            some => some.to_vec(),
+        },
     };
-    fs::copy(test_binary("overlay")?, &files.overlay_tests).context("copying the overlay test binary")?;
-    fs::copy(test_binary("restart")?, &files.restart_tests).context("copying the restart test binary")?;
-    fs::copy(workspace::debug_bin("overlay-agent"), &files.agent).context("copying the agent")?;
-    // The restart suite's upgrade test switches to this build and back.
-    fs::copy(build::build_variant()?, &files.variant).context("copying the upgrade-test variant")?;
+    fs::copy(test_binary("overlay")?, &guest.overlay_tests).context("copying the overlay test binary")?;
+    fs::copy(workspace::debug_bin("overlay-agent"), &guest.agent).context("copying the agent")?;
+    if !guest.restart_filters.is_empty() {
+        fs::copy(test_binary("restart")?, &guest.restart_tests).context("copying the restart test binary")?;
+        // The restart suite's upgrade test switches to this build and back.
+        fs::copy(build::build_variant()?, &guest.variant).context("copying the upgrade-test variant")?;
+    }
     let cache = cache_dir()?;
     fs::create_dir_all(&cache)?;
     let vng = ensure_vng(&cache)?;
     apt_update(&cache)?;
-    fs::write(&files.script, GUEST_SCRIPT)?;
-    fs::set_permissions(&files.script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs::write(&guest.script, GUEST_SCRIPT)?;
+    fs::set_permissions(&guest.script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
 
     let mut outcomes = Vec::new();
     for (name, suite) in kernels {
         let (version, vmlinuz) = fetch_kernel(&cache, suite)?;
-        let mut o = run_kernel(&vng, name, &version, &vmlinuz, args, &files, &work)?;
+        let mut o = run_kernel(&vng, name, &version, &vmlinuz, args, &guest, &work)?;
         if never_started(&o) {
             // Seen once on this machine: QEMU gone within seconds, nothing logged by vng
             // or the guest. That is the emulator, not the kernel under test: one retry.
             eprintln!("xtask: {version}: the VM exited after {}s without running the guest script; booting it once more", o.seconds);
-            o = run_kernel(&vng, name, &version, &vmlinuz, args, &files, &work)?;
+            o = run_kernel(&vng, name, &version, &vmlinuz, args, &guest, &work)?;
         }
         eprintln!("xtask: {version}: {} ({} datapath; {}s)", o.result, o.datapath, o.seconds);
         outcomes.push(o);
