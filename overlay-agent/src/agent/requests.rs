@@ -4,7 +4,9 @@
 //!
 //! An endpoint's IP and MAC are claimed in the store first (a transaction decides
 //! uniqueness cluster-wide), then the veth is plugged and the datapath told. While the
-//! store is unreachable, `endpoint add` is refused (uniqueness cannot be decided);
+//! store is unreachable (still, after the write was retried for [`WRITE_DEADLINE`]:
+//! a cluster member going away is ridden out), `endpoint add` is refused (uniqueness
+//! cannot be decided);
 //! `endpoint del` goes ahead locally and the withdrawal is sent when the store is back.
 
 use std::{net::Ipv4Addr, time::Duration};
@@ -118,19 +120,39 @@ impl Agent {
         let _client_gone = reply.send(response);
     }
 
-    /// Refuses changes that need the store while it cannot take them.
+    /// Refuses changes that need the store before the agent has ever reached it. A
+    /// store marked disconnected is still tried: one broken stream (a member of the
+    /// cluster that went away) marks it so until the client has failed over, and the
+    /// write itself is retried across that ([`Agent::store_write`]).
     fn store_ready(&self) -> Result<(), RequestError> {
-        match *self.conn.borrow() {
-            Connection::Disconnected { since } => {
-                return Err(RequestError::StoreDown { store: self.kv.describe(), since: rfc3339(since) });
-            }
-            Connection::Connecting => return Err(RequestError::StoreConnecting { store: self.kv.describe() }),
-            Connection::Connected => {}
+        if matches!(*self.conn.borrow(), Connection::Connecting) {
+            return Err(RequestError::StoreConnecting { store: self.kv.describe() });
         }
         if !self.synced {
             return Err(RequestError::NotSynced);
         }
         Ok(())
+    }
+
+    /// A write to the store, retried while the store fails over (up to
+    /// [`WRITE_DEADLINE`]); a store still unreachable after that is
+    /// [`RequestError::StoreDown`].
+    async fn store_write<T, F, Fut>(&self, op: F) -> Result<T, RequestError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClaimError>>,
+    {
+        match retrying(op).await {
+            Err(ClaimError::Store(e)) if e.is_transient() => {
+                let since = match *self.conn.borrow() {
+                    Connection::Disconnected { since } => since,
+                    _ => std::time::SystemTime::now(),
+                };
+                warn!(error = %e, "the store stayed unreachable; refusing the change");
+                Err(RequestError::StoreDown { store: self.kv.describe(), since: rfc3339(since) })
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The checks every new endpoint (local or static) must pass, before anything changes.
@@ -190,7 +212,7 @@ impl Agent {
         // 1. Claim the IP and MAC cluster-wide.
         let record = self.endpoint_record(&net.name, mac, net.udp_port);
         let (kv, keys, lease) = (self.kv.clone(), self.keys.clone(), self.lease);
-        retrying(|| registry::publish_endpoint(&kv, &keys, net.vni, spec.ip, &record, lease)).await?;
+        self.store_write(|| registry::publish_endpoint(&kv, &keys, net.vni, spec.ip, &record, lease)).await?;
         // 2. Plug the veth in; 3. the datapath. Each failure undoes what came before.
         let plugged = match plumb::plug(&self.host, &plug).await {
             Ok(p) => p,
@@ -296,7 +318,7 @@ impl Agent {
             declared_by: self.config.node_name.clone(),
         };
         let (kv, keys) = (self.kv.clone(), self.keys.clone());
-        retrying(|| registry::put_static(&kv, &keys, net.vni, spec.ip, &st)).await?;
+        self.store_write(|| registry::put_static(&kv, &keys, net.vni, spec.ip, &st)).await?;
         // Apply now rather than when the watch reports it (read your own writes).
         self.desired.put(Record::Static(net.vni, spec.ip, st.clone()));
         self.flush().await?;
@@ -309,7 +331,7 @@ impl Agent {
         let vni = self.config.network(network).map(|n| n.vni).ok_or_else(no_such)?;
         self.store_ready()?;
         let (kv, keys) = (self.kv.clone(), self.keys.clone());
-        let removed = retrying(|| async { Ok(registry::del_static(&kv, &keys, vni, ip).await?) }).await?;
+        let removed = self.store_write(|| async { Ok(registry::del_static(&kv, &keys, vni, ip).await?) }).await?;
         let st = removed.ok_or_else(no_such)?;
         self.desired.delete(&RecordKey::Static(vni, ip));
         self.flush().await?;
