@@ -147,19 +147,19 @@ where
 }
 
 /// Checks everything that can be checked before changing anything.
-pub async fn preflight(spec: &PlugSpec) -> Result<PathBuf, PlumbError> {
-    check_ifname(&spec.ifname)?;
-    let path = netns::netns_path(&spec.netns);
+pub async fn preflight(netns: &str, ifname: &str) -> Result<PathBuf, PlumbError> {
+    check_ifname(ifname)?;
+    let path = netns::netns_path(netns);
     if !path.exists() {
-        return Err(PlumbError::NoNetns { netns: spec.netns.clone(), path });
+        return Err(PlumbError::NoNetns { netns: netns.to_owned(), path });
     }
-    let ifname = spec.ifname.clone();
-    let taken = in_netns(&spec.netns, &path, move |h| async move {
-        Ok(h.link_by_name(&ifname).await.map_err(nl("looking up the container interface"))?.is_some())
+    let name = ifname.to_owned();
+    let taken = in_netns(netns, &path, move |h| async move {
+        Ok(h.link_by_name(&name).await.map_err(nl("looking up the container interface"))?.is_some())
     })
     .await?;
     if taken {
-        return Err(PlumbError::IfnameTaken { ifname: spec.ifname.clone(), netns: spec.netns.clone() });
+        return Err(PlumbError::IfnameTaken { ifname: ifname.to_owned(), netns: netns.to_owned() });
     }
     Ok(path)
 }
@@ -192,7 +192,7 @@ async fn free_names(host: &Netlink, spec: &PlugSpec) -> Result<(String, String),
 
 /// Creates and configures the veth pair. On error, whatever was created is removed.
 pub async fn plug(host: &Netlink, spec: &PlugSpec) -> Result<Plugged, PlumbError> {
-    let path = preflight(spec).await?;
+    let path = preflight(&spec.netns, &spec.ifname).await?;
     let (host_name, peer_name) = free_names(host, spec).await?;
     host.create_veth(&host_name, &peer_name).await.map_err(nl("creating the veth pair"))?;
     match configure(host, spec, &path, &host_name, &peer_name).await {

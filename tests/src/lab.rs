@@ -364,6 +364,29 @@ impl Lab {
         self.containers.len() - 1
     }
 
+    /// `endpoint add` without `--ip` for `ns` on host `host`: the address and MAC the
+    /// agent allocated, or the failed command.
+    pub fn allocate(&self, host: usize, ns: &NetNs, network: NetworkDef) -> Result<(Ipv4Addr, MacAddr), CliOutput> {
+        let out = self.cli(host, &["endpoint", "add", "--network", network.name, "--netns", ns.name(), "--json"]);
+        if !out.success() {
+            return Err(out);
+        }
+        let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("parsing {:?}: {e}", out.stdout));
+        let field = |f: &str| info[f].as_str().unwrap_or_else(|| panic!("no {f} in {info}")).to_owned();
+        Ok((field("ip").parse().expect("an IPv4 address"), field("mac").parse().expect("a MAC")))
+    }
+
+    /// [`Lab::allocate`] in a new namespace `name`, kept as a container of the lab.
+    pub fn add_allocated(&mut self, host: usize, name: &str, network: NetworkDef) -> Ipv4Addr {
+        let ns = NetNs::new(name);
+        let (ip, mac) = match self.allocate(host, &ns, network) {
+            Ok(v) => v,
+            Err(out) => panic!("endpoint add without --ip on host {host} failed: {}{}", out.stdout, out.stderr),
+        };
+        self.containers.push(Container { name: name.into(), ns, host, network, ip, mac });
+        ip
+    }
+
     pub fn container(&self, name: &str) -> &Container {
         self.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
     }

@@ -17,6 +17,7 @@
 //! removes everything and revokes the lease, so peers drop the node at once.
 
 mod control;
+mod ipam;
 mod requests;
 mod startup;
 pub mod teardown;

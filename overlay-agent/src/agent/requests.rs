@@ -64,6 +64,13 @@ pub enum RequestError {
          retry when `overlay-agent status` shows the store connected"
     )]
     StoreDown { store: String, since: String },
+    #[error(
+        "network {network} has no free address: all {capacity} of {subnet} (but the gateway's) are in use; \
+         remove endpoints or give the network a larger subnet"
+    )]
+    SubnetFull { network: String, subnet: ipnet::Ipv4Net, capacity: u64 },
+    #[error("network {network}: {tries} free-looking addresses were taken by other hosts meanwhile; retry")]
+    AllocationRaced { network: String, tries: u32 },
     #[error("the agent is still loading the store's contents; retry in a moment")]
     NotSynced,
     #[error("the agent has not reached the store ({store}) yet; retry in a moment (`overlay-agent status` shows the store)")]
@@ -137,7 +144,7 @@ impl Agent {
     /// A write to the store, retried while the store fails over (up to
     /// [`WRITE_DEADLINE`]); a store still unreachable after that is
     /// [`RequestError::StoreDown`].
-    async fn store_write<T, F, Fut>(&self, op: F) -> Result<T, RequestError>
+    pub(super) async fn store_write<T, F, Fut>(&self, op: F) -> Result<T, RequestError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ClaimError>>,
@@ -155,16 +162,17 @@ impl Agent {
         }
     }
 
+    /// The network this agent serves under `name`.
+    pub(super) fn network_named(&self, name: &str) -> Result<crate::config::Network, RequestError> {
+        self.config.network(name).cloned().ok_or_else(|| RequestError::UnknownNetwork {
+            name: name.to_string(),
+            known: self.config.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
     /// The checks every new endpoint (local or static) must pass, before anything changes.
     fn check_new(&self, network: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<crate::config::Network, RequestError> {
-        let net = self
-            .config
-            .network(network)
-            .ok_or_else(|| RequestError::UnknownNetwork {
-                name: network.to_string(),
-                known: self.config.networks.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-            })?
-            .clone();
+        let net = self.network_named(network)?;
         if !net.subnet.contains(&ip) {
             return Err(RequestError::OutsideSubnet { ip, network: net.name, subnet: net.subnet });
         }
@@ -186,8 +194,13 @@ impl Agent {
     }
 
     async fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<EndpointInfo, RequestError> {
-        let mac = spec.mac.unwrap_or_else(|| MacAddr::from_ipv4(spec.ip));
-        let net = self.check_new(&spec.network, spec.ip, mac)?;
+        let net = match spec.ip {
+            Some(ip) => self.check_new(&spec.network, ip, spec.mac.unwrap_or_else(|| MacAddr::from_ipv4(ip)))?,
+            None => self.network_named(&spec.network)?,
+        };
+        if let Some(mac) = spec.mac.filter(|m| m.is_multicast() || m.is_zero()) {
+            return Err(RequestError::BadMac { mac });
+        }
         self.store_ready()?;
         let max = overlay_common::limits::MAX_FLOOD_PORTS;
         if self.local.keys().filter(|(vni, _)| *vni == net.vni).count() >= max {
@@ -195,33 +208,31 @@ impl Agent {
         }
         self.datapath.check_room()?;
         let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
+        plumb::preflight(&spec.netns, &ifname).await?;
+
+        // 1. Claim the IP (the one asked for, or a free one) and the MAC cluster-wide.
+        let (ip, mac) = self.claim_address(&net, spec.ip, spec.mac).await?;
         let plug = PlugSpec {
             node: self.config.node_name.clone(),
             network: net.name.clone(),
             vni: net.vni,
             netns: spec.netns.clone(),
             ifname: ifname.clone(),
-            ip: spec.ip,
+            ip,
             prefix_len: net.subnet.prefix_len(),
             mac,
             mtu: net.effective_mtu(self.underlay_mtu),
             host_mtu: self.underlay_mtu,
         };
-        plumb::preflight(&plug).await?;
-
-        // 1. Claim the IP and MAC cluster-wide.
-        let record = self.endpoint_record(&net.name, mac, net.udp_port);
-        let (kv, keys, lease) = (self.kv.clone(), self.keys.clone(), self.lease);
-        self.store_write(|| registry::publish_endpoint(&kv, &keys, net.vni, spec.ip, &record, lease)).await?;
         // 2. Plug the veth in; 3. the datapath. Each failure undoes what came before.
         let plugged = match plumb::plug(&self.host, &plug).await {
             Ok(p) => p,
             Err(e) => {
-                self.undo_claim(net.vni, spec.ip).await;
+                self.undo_claim(net.vni, ip).await;
                 return Err(e.into());
             }
         };
-        let ep = LocalEndpoint { vni: net.vni, ip: spec.ip, mac, ifindex: plugged.host_ifindex, ifname: plugged.host_ifname.clone() };
+        let ep = LocalEndpoint { vni: net.vni, ip, mac, ifindex: plugged.host_ifindex, ifname: plugged.host_ifname.clone() };
         self.desired.add_local(ep.clone());
         let attached = match self.flush().await {
             Ok(()) => self.datapath.attach_endpoint(&ep).await,
@@ -229,23 +240,23 @@ impl Agent {
         };
         if let Err(e) = attached {
             self.undo_plug(&ep).await;
-            self.undo_claim(net.vni, spec.ip).await;
+            self.undo_claim(net.vni, ip).await;
             return Err(e.into());
         }
         let record = LocalRecord {
             network: net.name.clone(),
             vni: net.vni,
-            ip: spec.ip,
+            ip,
             mac,
             netns: spec.netns.clone(),
             ifname,
             host_ifname: plugged.host_ifname.clone(),
             host_ifindex: plugged.host_ifindex,
         };
-        self.local.insert((net.vni, spec.ip), Local { record, unpublished: None });
+        self.local.insert((net.vni, ip), Local { record, unpublished: None });
         self.save_state();
-        info!(network = %net.name, ip = %spec.ip, %mac, netns = %spec.netns, host_if = %plugged.host_ifname, "endpoint added");
-        Ok(self.local_info(&self.local[&(net.vni, spec.ip)]))
+        info!(network = %net.name, ip = %ip, %mac, netns = %spec.netns, host_if = %plugged.host_ifname, "endpoint added");
+        Ok(self.local_info(&self.local[&(net.vni, ip)]))
     }
 
     async fn undo_claim(&mut self, vni: u32, ip: Ipv4Addr) {

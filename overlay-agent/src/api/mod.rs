@@ -19,7 +19,8 @@ pub struct EndpointSpec {
     pub network: String,
     /// A name under /run/netns (`ip netns`) or a path such as /proc/PID/ns/net.
     pub netns: String,
-    pub ip: Ipv4Addr,
+    /// Default: the lowest free address of the network, allocated in the store.
+    pub ip: Option<Ipv4Addr>,
     /// Default: derived from the IP (`02:42:` + the IPv4 bytes).
     pub mac: Option<MacAddr>,
     /// Interface name inside the container; default `eth0`.

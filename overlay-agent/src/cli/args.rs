@@ -54,9 +54,11 @@ pub struct EndpointAddArgs {
     /// Container network namespace: a name under /run/netns or a path like /proc/PID/ns/net.
     #[arg(long)]
     pub netns: String,
-    /// The container's IPv4 address (inside the network's subnet).
+    /// The container's IPv4 address (inside the network's subnet); default: the lowest
+    /// free address of the network, allocated cluster-wide (never the subnet's first
+    /// address, kept for the gateway).
     #[arg(long)]
-    pub ip: Ipv4Addr,
+    pub ip: Option<Ipv4Addr>,
     /// The container's MAC; default 02:42 followed by the IPv4 bytes.
     #[arg(long)]
     pub mac: Option<MacAddr>,

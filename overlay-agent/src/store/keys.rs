@@ -8,10 +8,12 @@
 //! | `<prefix>/statics/<vni>/<ip>` | [`StaticRecord`](crate::model::StaticRecord): MAC, VTEP, port (`remote add`) | none |
 //! | `<prefix>/claims/mac/<vni>/<mac>` | the endpoint or static key that holds the MAC | its owner's |
 //! | `<prefix>/claims/vtep/<ip>` | the node that holds the VTEP address | the node's |
+//! | `<prefix>/claims/ip/<vni>/<ip>` | the node that reserved the address before plugging (Docker's IPAM) | the node's |
 //!
 //! An IP is unique in a network because `endpoints/<vni>/<ip>` and `statics/<vni>/<ip>`
-//! are created only if both are absent; a MAC because its claim key is created in the
-//! same transaction. Agents watch `[<prefix>/endpoints/, <prefix>/statics0)`, which holds
+//! are created only if both are absent and the address is not reserved by another node
+//! (`claims/ip/`, created only if all three are absent); a MAC because its claim key is
+//! created in the same transaction. Agents watch `[<prefix>/endpoints/, <prefix>/statics0)`, which holds
 //! endpoints, nodes and statics and leaves the claims (read only by writers) out.
 
 use std::net::Ipv4Addr;
@@ -59,6 +61,16 @@ impl Keys {
 
     pub fn mac_claim(&self, vni: u32, mac: MacAddr) -> String {
         format!("{}/claims/mac/{vni}/{mac}", self.prefix)
+    }
+
+    /// An address reserved ahead of its endpoint (an IPAM request).
+    pub fn ip_reservation(&self, vni: u32, ip: Ipv4Addr) -> String {
+        format!("{}/claims/ip/{vni}/{ip}", self.prefix)
+    }
+
+    /// Every reservation in a network: a prefix.
+    pub fn ip_reservations(&self, vni: u32) -> String {
+        format!("{}/claims/ip/{vni}/", self.prefix)
     }
 
     pub fn vtep_claim(&self, vtep: Ipv4Addr) -> String {
@@ -134,7 +146,7 @@ mod tests {
         for key in [k.node("h1"), k.endpoint(42, ip), k.static_endpoint(42, ip)] {
             assert!(start <= key && key < end, "{key}");
         }
-        for key in [k.mac_claim(42, MacAddr::from_ipv4(ip)), k.vtep_claim(ip), "/overlay/v10/nodes/h1".into()] {
+        for key in [k.mac_claim(42, MacAddr::from_ipv4(ip)), k.vtep_claim(ip), k.ip_reservation(42, ip), "/overlay/v10/nodes/h1".into()] {
             assert!(!(start <= key && key < end), "{key}");
         }
     }

@@ -10,6 +10,7 @@
 pub mod backoff;
 pub mod dirkv;
 pub mod etcd;
+pub mod ipam;
 pub mod keys;
 pub mod kv;
 pub mod registry;

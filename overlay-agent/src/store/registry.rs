@@ -125,17 +125,20 @@ pub async fn register_node<K: Kv>(kv: &K, keys: &Keys, record: &NodeRecord, leas
 /// [`publish_endpoint`] applies for an endpoint this lease does not hold yet; bulk
 /// writers (the scale benchmark's simulated nodes) merge many with [`Txn::merge`].
 pub fn publish_txn(keys: &Keys, vni: u32, ip: Ipv4Addr, record: &EndpointRecord, lease: LeaseId) -> Txn {
-    Claim { vni, ip, mac: record.mac, network: &record.network }.txn(keys, keys.endpoint(vni, ip), encode(record), lease)
+    Claim { vni, ip, mac: record.mac, network: &record.network, reserved_by: None }.txn(keys, keys.endpoint(vni, ip), encode(record), lease)
 }
 
 /// The transaction [`put_static`] applies: the static record and its MAC claim, under
 /// no lease, if neither the IP nor the MAC is taken.
 pub fn static_txn(keys: &Keys, vni: u32, ip: Ipv4Addr, record: &StaticRecord) -> Txn {
-    Claim { vni, ip, mac: record.mac, network: &record.network }.txn(keys, keys.static_endpoint(vni, ip), encode(record), NO_LEASE)
+    let claim = Claim { vni, ip, mac: record.mac, network: &record.network, reserved_by: None };
+    claim.txn(keys, keys.static_endpoint(vni, ip), encode(record), NO_LEASE)
 }
 
 /// Publishes a local endpoint under `lease`, claiming its IP and MAC in the network.
-/// Publishing what this lease already holds is a no-op; a changed MAC is replaced.
+/// Publishing what this lease already holds is a no-op; a changed MAC is replaced. An
+/// address this lease reserved ([`super::ipam::reserve_ip`]) may be published; one
+/// another node reserved may not.
 pub async fn publish_endpoint<K: Kv>(
     kv: &K,
     keys: &Keys,
@@ -155,17 +158,27 @@ pub async fn publish_endpoint<K: Kv>(
         // This lease's older record of the same IP (a changed MAC): take it back first.
         withdraw_endpoint(kv, keys, vni, ip, lease).await?;
     }
-    let claim = Claim { vni, ip, mac: record.mac, network: &record.network };
+    let reserved_by = match kv.get(&keys.ip_reservation(vni, ip)).await? {
+        Some(r) if r.lease == lease => Some(lease),
+        Some(r) => {
+            let holder = format!("reserved by node {}", String::from_utf8_lossy(&r.value));
+            return Err(ClaimError::IpTaken { ip, network: record.network.clone(), holder });
+        }
+        None => None,
+    };
+    let claim = Claim { vni, ip, mac: record.mac, network: &record.network, reserved_by };
     claim.take(kv, keys, ep_key, value, lease).await
 }
 
 /// An IP and a MAC of a network, claimed for one key (an endpoint or a static endpoint)
-/// in one transaction: the key, its IP's other key and the MAC's claim must all be absent.
+/// in one transaction: the key, its IP's other key and the MAC's claim must all be
+/// absent, and the IP not reserved (or reserved under `reserved_by`, the claimant's lease).
 struct Claim<'a> {
     vni: u32,
     ip: Ipv4Addr,
     mac: MacAddr,
     network: &'a str,
+    reserved_by: Option<LeaseId>,
 }
 
 impl Claim<'_> {
@@ -177,9 +190,15 @@ impl Claim<'_> {
             keys.endpoint(self.vni, self.ip)
         };
         let mac_key = keys.mac_claim(self.vni, self.mac);
+        let reservation = keys.ip_reservation(self.vni, self.ip);
+        let reservation = match self.reserved_by {
+            Some(lease) => Cond::LeaseIs(reservation, lease),
+            None => Cond::Absent(reservation),
+        };
         Txn::default()
             .when(Cond::Absent(key.clone()))
             .when(Cond::Absent(other))
+            .when(reservation)
             .when(Cond::Absent(mac_key.clone()))
             .put(key.clone(), value, lease)
             .put(mac_key, key.into_bytes(), lease)
@@ -219,7 +238,7 @@ pub async fn withdraw_endpoint<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Add
 
 /// Declares a static endpoint (under no lease), claiming its IP and MAC.
 pub async fn put_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, ip: Ipv4Addr, record: &StaticRecord) -> Result<(), ClaimError> {
-    let claim = Claim { vni, ip, mac: record.mac, network: &record.network };
+    let claim = Claim { vni, ip, mac: record.mac, network: &record.network, reserved_by: None };
     claim.take(kv, keys, keys.static_endpoint(vni, ip), encode(record), NO_LEASE).await
 }
 
@@ -310,7 +329,7 @@ mod tests {
         let (a, b) = (Ipv4Addr::new(10, 0, 10, 1), Ipv4Addr::new(10, 0, 10, 2));
         let (ra, rb) = (ep("h1", "02:42:0a:00:0a:01"), ep("h1", "02:42:0a:00:0a:02"));
         let both = publish_txn(&keys, 42, a, &ra, lease).merge(publish_txn(&keys, 42, b, &rb, lease));
-        assert_eq!(both.conds.len(), 6);
+        assert_eq!(both.conds.len(), 8);
         assert_eq!(kv.txn(both.clone()).await.unwrap(), TxnOutcome::Applied);
         // Exactly what publish_endpoint writes: publishing again is a no-op.
         publish_endpoint(&kv, &keys, 42, a, &ra, lease).await.unwrap();
