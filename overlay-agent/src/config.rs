@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    docker::DockerConfig,
     paths,
     store::{
         etcd::{EtcdSettings, EtcdTls},
@@ -63,6 +64,8 @@ pub struct RawConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub datapath: DatapathConfig,
+    #[serde(default)]
+    pub docker: DockerConfig,
 }
 
 /// Which datapath forwards the overlay.
@@ -210,6 +213,7 @@ pub struct Config {
     pub networks: Vec<Network>,
     pub store: StoreSettings,
     pub datapath: DatapathConfig,
+    pub docker: DockerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -442,6 +446,7 @@ impl RawConfig {
         }
         let store = validate_store(self.store.clone())?;
         validate_datapath(&self.datapath)?;
+        self.docker.check().map_err(|(field, problem)| invalid(field, problem))?;
         let absolute = |field: &str, p: Option<PathBuf>, root: &str| -> Result<PathBuf, ConfigError> {
             match p {
                 Some(p) if p.is_relative() => Err(invalid(field, "must be an absolute path")),
@@ -466,6 +471,7 @@ impl RawConfig {
             networks,
             store,
             datapath: self.datapath,
+            docker: self.docker,
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod desired;
+pub mod docker;
 pub mod mac;
 pub mod netlink;
 pub mod paths;

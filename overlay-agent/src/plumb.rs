@@ -1,7 +1,9 @@
 //! Plugs a container into the host: a veth pair whose host end stays in the agent's
 //! namespace and whose other end becomes the container's interface (name, MAC,
 //! address, MTU, up). Every step either completes or is undone: a failed plug leaves
-//! nothing behind.
+//! nothing behind. For a runtime that moves and addresses the container end itself
+//! (Docker's network plugin protocol), the other end is handed off instead: left in
+//! the host namespace with its MAC and MTU set, for the runtime to take.
 
 use std::{
     net::Ipv4Addr,
@@ -58,6 +60,9 @@ pub struct PlugSpec {
     pub vni: u32,
     pub netns: String,
     pub ifname: String,
+    /// Leave the container end in the host namespace for the runtime to move, name
+    /// and address (`netns` and `ifname` are then only recorded).
+    pub handoff: bool,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
     pub mac: MacAddr,
@@ -74,6 +79,8 @@ pub struct PlugSpec {
 pub struct Plugged {
     pub host_ifindex: u32,
     pub host_ifname: String,
+    /// For a hand-off: the container end's name in the host namespace.
+    pub handed_off: Option<String>,
 }
 
 /// How many names [`plug`] tries for one endpoint before giving up (each collision
@@ -192,10 +199,10 @@ async fn free_names(host: &Netlink, spec: &PlugSpec) -> Result<(String, String),
 
 /// Creates and configures the veth pair. On error, whatever was created is removed.
 pub async fn plug(host: &Netlink, spec: &PlugSpec) -> Result<Plugged, PlumbError> {
-    let path = preflight(&spec.netns, &spec.ifname).await?;
+    let path = if spec.handoff { None } else { Some(preflight(&spec.netns, &spec.ifname).await?) };
     let (host_name, peer_name) = free_names(host, spec).await?;
     host.create_veth(&host_name, &peer_name).await.map_err(nl("creating the veth pair"))?;
-    match configure(host, spec, &path, &host_name, &peer_name).await {
+    match configure(host, spec, path.as_deref(), &host_name, &peer_name).await {
         Ok(p) => Ok(p),
         Err(e) => {
             // Deleting one end of a veth deletes both, wherever the peer went.
@@ -210,7 +217,7 @@ pub async fn plug(host: &Netlink, spec: &PlugSpec) -> Result<Plugged, PlumbError
 async fn configure(
     host: &Netlink,
     spec: &PlugSpec,
-    path: &Path,
+    path: Option<&Path>,
     host_name: &str,
     peer_name: &str,
 ) -> Result<Plugged, PlumbError> {
@@ -224,6 +231,15 @@ async fn configure(
         .await
         .map_err(nl("looking up the new veth peer"))?
         .ok_or_else(|| PlumbError::Vanished { name: peer_name.into() })?;
+    let Some(path) = path else {
+        // A hand-off: the runtime moves, names, addresses and brings up this end.
+        host.set_link(peer.index, LinkChange { mac: Some(spec.mac.0), mtu: Some(spec.mtu), ..Default::default() })
+            .await
+            .map_err(nl("setting the container end's MAC and MTU"))?;
+        bring_up_host_end(host, spec, host_link.index).await?;
+        debug!(host = host_name, ifindex = host_link.index, peer = peer_name, "veth ready for the runtime");
+        return Ok(Plugged { host_ifindex: host_link.index, host_ifname: host_name.into(), handed_off: Some(peer_name.into()) });
+    };
     host.move_link_to_netns(peer.index, path).await.map_err(nl("moving the veth into the container namespace"))?;
 
     let (peer_name, spec2) = (peer_name.to_owned(), spec.clone());
@@ -247,19 +263,20 @@ async fn configure(
     })
     .await?;
 
-    host.set_link(
-        host_link.index,
-        LinkChange {
-            mtu: Some(spec.host_mtu),
-            up: Some(true),
-            alias: Some(alias(&spec.node, spec.vni, spec.ip)),
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(nl("bringing the host-side veth up"))?;
+    bring_up_host_end(host, spec, host_link.index).await?;
     debug!(host = host_name, ifindex = host_link.index, netns = %spec.netns, "veth plugged");
-    Ok(Plugged { host_ifindex: host_link.index, host_ifname: host_name.into() })
+    Ok(Plugged { host_ifindex: host_link.index, host_ifname: host_name.into(), handed_off: None })
+}
+
+/// The host end: the underlay's MTU, this node's alias (which marks it as ours), up.
+async fn bring_up_host_end(host: &Netlink, spec: &PlugSpec, index: u32) -> Result<(), PlumbError> {
+    let change = LinkChange {
+        mtu: Some(spec.host_mtu),
+        up: Some(true),
+        alias: Some(alias(&spec.node, spec.vni, spec.ip)),
+        ..Default::default()
+    };
+    host.set_link(index, change).await.map_err(nl("bringing the host-side veth up"))
 }
 
 /// This node's host-side veths, as their aliases say: (ifindex, name, vni, ip).

@@ -56,6 +56,9 @@ pub struct LocalRecord {
     pub ifname: String,
     pub host_ifname: String,
     pub host_ifindex: u32,
+    /// Who plugged it (see `EndpointSpec::owner`).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// The whole file.
@@ -165,6 +168,7 @@ mod tests {
             ifname: "eth0".into(),
             host_ifname: "ovl1234abcd".into(),
             host_ifindex: 7,
+            owner: None,
         });
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path(), "h1").unwrap(), Some(s.clone()));

@@ -86,6 +86,9 @@ pub struct LabOptions {
     /// temporary directory. A tmpfs (`/dev/shm`) makes a store of hundreds of
     /// thousands of files quick to write and to remove.
     pub parent_dir: Option<PathBuf>,
+    /// Serve the Docker plugin (`[docker] enabled`), its socket in `<node dir>/plugins`
+    /// (see [`Lab::plugin_dir`]).
+    pub docker: bool,
 }
 
 impl Default for LabOptions {
@@ -96,6 +99,7 @@ impl Default for LabOptions {
             datapath_extra: String::new(),
             start_timeout: Duration::from_secs(20),
             parent_dir: None,
+            docker: false,
         }
     }
 }
@@ -234,9 +238,18 @@ impl Lab {
             }
         }
         text += &format!("[datapath]\nmode = \"{mode}\"\n{}\n", self.options.datapath_extra);
+        if self.options.docker {
+            text += &format!("[docker]\nenabled = true\nplugin_dir = \"{}\"\n", node_dir.join("plugins").display());
+        }
         let config = node_dir.join("agent.toml");
         std::fs::write(&config, text).expect("writing agent config");
         Node { name: name.into(), config, bpffs_dir, state_dir, mode, env: Vec::new(), binary: self.binary.clone(), agent: None }
+    }
+
+    /// Where host `i`'s agent puts its Docker plugin socket: the lab's dockerd for that
+    /// host sees this directory as its `/run/docker/plugins`.
+    pub fn plugin_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.nodes[i].name).join("plugins")
     }
 
     pub fn hosts(&self) -> Vec<&Host> {

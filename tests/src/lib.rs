@@ -14,6 +14,7 @@ pub mod adoption;
 pub mod agent;
 pub mod bench;
 pub mod continuity;
+pub mod docker;
 pub mod etcd;
 pub mod interrupt;
 pub mod lab;

@@ -36,6 +36,8 @@ static CLEANUP: Once = Once::new();
 pub struct NetNs {
     name: String,
     path: PathBuf,
+    /// Created (and deleted on drop) by this guard; `false` for [`NetNs::borrow`].
+    owned: bool,
 }
 
 impl NetNs {
@@ -77,7 +79,7 @@ impl NetNs {
         let path = netns::create_named_netns(&name)
             .unwrap_or_else(|e| panic!("creating network namespace {name}: {e:?}"));
         // From here on, a panic drops the guard, which deletes the namespace.
-        let ns = NetNs { name, path };
+        let ns = NetNs { name, path, owned: true };
         ns.netlink(|nl| async move {
             let lo = nl.link_by_name("lo").await.expect("get lo").expect("no lo");
             nl.set_link(
@@ -91,6 +93,12 @@ impl NetNs {
             .expect("set lo up");
         });
         ns
+    }
+
+    /// A namespace someone else made (a container's, `/proc/<pid>/ns/net`), entered
+    /// like the harness's own but never deleted by this guard.
+    pub fn borrow(label: &str, path: &Path) -> NetNs {
+        NetNs { name: label.to_owned(), path: path.to_owned(), owned: false }
     }
 
     /// The full name (as `ip netns list` shows it).
@@ -158,6 +166,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         match netns::delete_named_netns(&self.name) {
             Ok(()) => {}
             // Never panic while panicking: that would abort and hide the

@@ -41,6 +41,10 @@ const APT_PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "etcd-server",
     "etcd-client",
+    // Container runtimes the tests drive: dockerd and its client (the Docker plugin
+    // tests), a static busybox for the images they import offline.
+    "docker.io",
+    "busybox-static",
 ];
 
 /// Debian's Rust toolchain, which builds the eBPF crate.

@@ -24,7 +24,7 @@ const SHM: &str = "/dev/shm";
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 /// The suites that also run with kernel-mode agents (the rest runs once, in eBPF mode,
 /// or picks its modes itself).
-const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle"];
+const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle", "docker"];
 /// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
 const MODE_ENV: &str = "OVERLAY_TEST_DATAPATH";
 /// The agent binary of the lab (tests/src/agent.rs `AGENT_BIN_ENV`).
@@ -77,7 +77,7 @@ pub fn execute(args: &Args) -> Result<()> {
     };
     eprintln!("xtask: integration suite, eBPF datapath");
     let integration = exec::exec(&mut suite(&[], "ebpf"));
-    eprintln!("xtask: the overlay, restart, etcd and lifecycle suites again, kernel VXLAN datapath");
+    eprintln!("xtask: the overlay, restart, etcd, lifecycle and docker suites again, kernel VXLAN datapath");
     let kernel = exec::exec(&mut suite(KERNEL_SUITES, "kernel"));
 
     // Anything left now was left by the suite itself: remove it, and fail the run.
@@ -93,7 +93,7 @@ pub fn execute(args: &Args) -> Result<()> {
         ("upgrade-test variant build", variant.map(drop)),
         ("unit tests", unit),
         ("integration tests (eBPF datapath)", integration),
-        ("overlay, restart, etcd and lifecycle tests (kernel datapath)", kernel),
+        ("overlay, restart, etcd, lifecycle and docker tests (kernel datapath)", kernel),
         ("cleanup after the tests", cleanup),
     ];
     let mut failed = 0;
@@ -200,7 +200,8 @@ fn test_processes() -> Vec<(i32, &'static str)> {
 /// What a process is, from its `/proc/<pid>/cmdline` (arguments separated by NULs), if
 /// the tests started it: `"agent"` for an `overlay-agent` whose command line names a test
 /// lab's config (`/ovt-lab-`), `"etcd"` for an `etcd` (the program itself, not etcdctl)
-/// whose arguments name a test data dir (`/ovt-etcd-`).
+/// whose arguments name a test data dir (`/ovt-etcd-`), `"docker"` for a dockerd,
+/// containerd or containerd shim whose arguments name a lab directory.
 fn test_process_kind(cmdline: &[u8]) -> Option<&'static str> {
     let text = String::from_utf8_lossy(cmdline);
     if text.contains("overlay-agent") && text.contains("/ovt-lab-") {
@@ -208,6 +209,10 @@ fn test_process_kind(cmdline: &[u8]) -> Option<&'static str> {
     }
     let mut args = text.split('\0');
     let program = args.next()?;
+    let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if (name == "dockerd" || name.starts_with("containerd")) && text.contains("/ovt-lab-") {
+        return Some("docker");
+    }
     let is_etcd = Path::new(program)
         .file_name()
         .is_some_and(|name| name == "etcd");
@@ -297,6 +302,11 @@ mod tests {
 
     #[test]
     fn test_processes_by_command_line() {
+        let dockerd = b"/usr/sbin/dockerd\0--data-root\0/tmp/ovt-lab-5x0/docker0/data\0";
+        assert_eq!(test_process_kind(dockerd), Some("docker"));
+        let shim = b"/usr/bin/containerd-shim-runc-v2\0-namespace\0moby\0-address\0/tmp/ovt-lab-5x0/docker0/exec/containerd/containerd.sock\0";
+        assert_eq!(test_process_kind(shim), Some("docker"));
+        assert_eq!(test_process_kind(b"/usr/sbin/dockerd\0-H\0fd://\0"), None, "the machine's own dockerd");
         let etcd = b"/usr/bin/etcd\0--name=m0\0--data-dir=/tmp/ovt-etcd-123x0/m0\0--logger=zap\0";
         assert_eq!(test_process_kind(etcd), Some("etcd"));
         let etcd = b"etcd\0--data-dir\0/var/tmp/ovt-etcd-9x1/m2\0";

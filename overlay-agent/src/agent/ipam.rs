@@ -6,10 +6,11 @@
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Agent, requests::RequestError};
 use crate::{
+    api::AddressInfo,
     config::Network,
     mac::MacAddr,
     store::{
@@ -51,10 +52,32 @@ impl Agent {
         .await
     }
 
+    /// `address reserve`: `ip` (or the lowest free address) of `network`, for an
+    /// endpoint of this node to come.
+    pub(super) async fn reserve(&self, network: &str, ip: Option<Ipv4Addr>) -> Result<AddressInfo, RequestError> {
+        let net = match ip {
+            Some(ip) => self.check_new(network, ip, MacAddr::from_ipv4(ip))?,
+            None => self.network_named(network)?,
+        };
+        self.store_ready()?;
+        let ip = self.reserve_address(&net, ip).await?;
+        info!(network, %ip, "address reserved");
+        Ok(AddressInfo { network: net.name, ip, prefix_len: net.subnet.prefix_len(), gateway: ipam::gateway(net.subnet) })
+    }
+
+    /// `address release`: ends this node's reservation of `ip` (fine if there is none).
+    pub(super) async fn release(&self, network: &str, ip: Ipv4Addr) -> Result<bool, RequestError> {
+        let net = self.network_named(network)?;
+        self.store_ready()?;
+        let (kv, keys, lease) = (self.kv.clone(), self.keys.clone(), self.lease);
+        let released = self.store_write(|| async { Ok(ipam::release_ip(&kv, &keys, net.vni, ip, lease).await?) }).await?;
+        info!(network, %ip, released, "address released");
+        Ok(released)
+    }
+
     /// Reserves `ip` (or the lowest free address) in `net` for this node ahead of its
     /// endpoint, as an IPAM driver is asked to.
-    #[allow(dead_code)] // the Docker IPAM driver's
-    pub(super) async fn reserve_address(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, RequestError> {
+    async fn reserve_address(&self, net: &Network, ip: Option<Ipv4Addr>) -> Result<Ipv4Addr, RequestError> {
         let (kv, keys, lease, node) = (self.kv.clone(), self.keys.clone(), self.lease, self.config.node_name.clone());
         let reserve = |ip: Ipv4Addr| {
             let (kv, keys, node) = (kv.clone(), keys.clone(), node.clone());

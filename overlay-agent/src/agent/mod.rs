@@ -37,6 +37,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     api::server::{self, ServerError},
+    docker,
     config::Config,
     datapath::{AnyDatapath, Datapath, DatapathError, Desired, ebpf::EbpfError},
     netlink::{Netlink, NetlinkError},
@@ -83,6 +84,8 @@ pub enum AgentError {
     Teardown(#[from] TeardownError),
     #[error("registering with the store: {0}")]
     Claim(#[source] crate::store::registry::ClaimError),
+    #[error("the Docker plugin's state: {0}")]
+    Docker(#[source] crate::docker::state::DockerStateError),
 }
 
 /// A container this agent plugged in.
@@ -149,18 +152,24 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let socket = config.socket_path();
+    let docker_socket = config.docker.enabled.then(|| config.docker.socket_path());
     if cfg!(feature = "upgrade-test-variant") {
         warn!(
             layout = overlay_common::maps::LAYOUT_VERSION,
             "this agent is the upgrade-test variant, a build for the restart tests only (see overlay-agent/Cargo.toml)"
         );
     }
-    let (mut agent, listener) = match startup::start(config).await {
+    let (mut agent, listeners) = match startup::start(config).await {
         Ok(started) => started,
         Err(e) => {
-            // Our socket, unless another agent's was there.
-            if !matches!(e, AgentError::Server(ServerError::AlreadyRunning { .. })) {
-                remove_socket(&socket);
+            // Our sockets, but not another agent's (the control socket is bound first).
+            match &e {
+                AgentError::Server(ServerError::AlreadyRunning { path }) if *path == socket => {}
+                AgentError::Server(ServerError::AlreadyRunning { .. }) => remove_socket(&socket),
+                _ => {
+                    remove_socket(&socket);
+                    docker_socket.iter().for_each(remove_socket);
+                }
             }
             return Err(e);
         }
@@ -168,7 +177,22 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let (api_tx, mut api_rx) = mpsc::channel::<server::Call>(16);
     let (server_stop, server_stopped) = oneshot::channel();
-    let server = tokio::spawn(server::serve(listener, api_tx, server_stopped));
+    let docker = match listeners.docker {
+        Some((listener, state)) => {
+            let driver = docker::driver::Driver::new(
+                agent.config.networks.clone(),
+                agent.config.docker.plugin_name.clone(),
+                agent.config.state_dir.clone(),
+                api_tx.clone(),
+                state,
+            );
+            let (stop, stopped) = oneshot::channel();
+            info!(socket = %agent.config.docker.socket_path().display(), "serving the Docker network and IPAM plugin");
+            Some((tokio::spawn(docker::serve(listener, driver, stopped)), stop))
+        }
+        None => None,
+    };
+    let server = tokio::spawn(server::serve(listeners.control, api_tx, server_stopped));
     let (start, end) = agent.keys.watch_range();
     agent.watch_started = Instant::now();
     let mut store_rx = agent.kv.watch(start, end);
@@ -238,6 +262,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     keeper.abort();
     // Requests the loop will not take any more are answered with an error at once.
     drop(api_rx);
+    if let Some((task, stop)) = docker {
+        // The socket file stays: dockerd retries until the next start binds it again.
+        stop_server(task, stop).await;
+    }
     match stop {
         Stop::Release => {
             stop_server(server, server_stop).await;

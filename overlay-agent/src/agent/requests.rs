@@ -118,6 +118,10 @@ impl Agent {
             Request::EndpointDel { network, ip } => self.del_endpoint(&network, ip).await.map_or_else(err, Response::Deleted),
             Request::EndpointList => Response::Endpoints { endpoints: self.list() },
             Request::RemoteAdd(spec) => self.add_static(spec).await.map_or_else(err, Response::Endpoint),
+            Request::AddressReserve { network, ip } => self.reserve(&network, ip).await.map_or_else(err, Response::Address),
+            Request::AddressRelease { network, ip } => {
+                self.release(&network, ip).await.map_or_else(err, |released| Response::Released { released })
+            }
             Request::RemoteDel { network, ip } => self.del_static(&network, ip).await.map_or_else(err, Response::Deleted),
             Request::Status => Response::Status(self.status()),
             // Handled by the main loop, which stops after it.
@@ -131,7 +135,7 @@ impl Agent {
     /// store marked disconnected is still tried: one broken stream (a member of the
     /// cluster that went away) marks it so until the client has failed over, and the
     /// write itself is retried across that ([`Agent::store_write`]).
-    fn store_ready(&self) -> Result<(), RequestError> {
+    pub(super) fn store_ready(&self) -> Result<(), RequestError> {
         if matches!(*self.conn.borrow(), Connection::Connecting) {
             return Err(RequestError::StoreConnecting { store: self.kv.describe() });
         }
@@ -171,7 +175,7 @@ impl Agent {
     }
 
     /// The checks every new endpoint (local or static) must pass, before anything changes.
-    fn check_new(&self, network: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<crate::config::Network, RequestError> {
+    pub(super) fn check_new(&self, network: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<crate::config::Network, RequestError> {
         let net = self.network_named(network)?;
         if !net.subnet.contains(&ip) {
             return Err(RequestError::OutsideSubnet { ip, network: net.name, subnet: net.subnet });
@@ -208,7 +212,9 @@ impl Agent {
         }
         self.datapath.check_room()?;
         let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
-        plumb::preflight(&spec.netns, &ifname).await?;
+        if !spec.handoff {
+            plumb::preflight(&spec.netns, &ifname).await?;
+        }
 
         // 1. Claim the IP (the one asked for, or a free one) and the MAC cluster-wide.
         let (ip, mac) = self.claim_address(&net, spec.ip, spec.mac).await?;
@@ -218,6 +224,7 @@ impl Agent {
             vni: net.vni,
             netns: spec.netns.clone(),
             ifname: ifname.clone(),
+            handoff: spec.handoff,
             ip,
             prefix_len: net.subnet.prefix_len(),
             mac,
@@ -249,14 +256,17 @@ impl Agent {
             ip,
             mac,
             netns: spec.netns.clone(),
-            ifname,
+            ifname: plugged.handed_off.clone().unwrap_or(ifname),
             host_ifname: plugged.host_ifname.clone(),
             host_ifindex: plugged.host_ifindex,
+            owner: spec.owner.clone(),
         };
         self.local.insert((net.vni, ip), Local { record, unpublished: None });
         self.save_state();
-        info!(network = %net.name, ip = %ip, %mac, netns = %spec.netns, host_if = %plugged.host_ifname, "endpoint added");
-        Ok(self.local_info(&self.local[&(net.vni, ip)]))
+        info!(network = %net.name, ip = %ip, %mac, netns = %spec.netns, host_if = %plugged.host_ifname, owner = ?spec.owner, "endpoint added");
+        let mut info = self.local_info(&self.local[&(net.vni, ip)]);
+        info.handed_off = plugged.handed_off;
+        Ok(info)
     }
 
     async fn undo_claim(&mut self, vni: u32, ip: Ipv4Addr) {
@@ -363,6 +373,8 @@ impl Agent {
             netns: Some(r.netns.clone()),
             ifname: Some(r.ifname.clone()),
             host_ifname: Some(r.host_ifname.clone()),
+            owner: r.owner.clone(),
+            handed_off: None,
             unpublished: l.unpublished.clone(),
         }
     }
@@ -384,6 +396,8 @@ impl Agent {
                 netns: None,
                 ifname: None,
                 host_ifname: None,
+                owner: None,
+                handed_off: None,
                 unpublished: None,
             });
         }
@@ -454,6 +468,8 @@ fn static_info(vni: u32, ip: Ipv4Addr, st: &StaticRecord) -> EndpointInfo {
         netns: None,
         ifname: None,
         host_ifname: None,
+        owner: None,
+        handed_off: None,
         unpublished: None,
     }
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::{Agent, AgentError, Local};
 use crate::{
     api::server,
+    docker::state::DockerState,
     config::{Config, DatapathMode},
     datapath::{
         AnyDatapath, Datapath, Desired, LocalEndpoint,
@@ -130,14 +131,28 @@ async fn adopt_locals(host: &Netlink, node: &str, saved: &AgentState) -> Result<
     Ok((kept, gone))
 }
 
-/// Everything up to the main loop: the agent, and the control socket it serves.
-pub(super) async fn start(config: Config) -> Result<(Agent, UnixListener), AgentError> {
+/// The sockets the agent serves.
+pub(super) struct Listeners {
+    pub control: UnixListener,
+    /// The Docker plugin's (`[docker] enabled`), and the driver's saved state.
+    pub docker: Option<(UnixListener, DockerState)>,
+}
+
+/// Everything up to the main loop: the agent, and the sockets it serves.
+pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentError> {
     let host = Netlink::open().await.map_err(|source| AgentError::Netlink { source })?;
     let facts = check_host(&config, &host).await?;
     let saved = state::load(&config.state_dir, &config.node_name)?;
 
     // Nothing has changed on the host up to here.
     let listener = server::bind(&config.socket_path()).await?;
+    let docker = match config.docker.enabled {
+        true => {
+            let state = DockerState::load(&config.state_dir).map_err(AgentError::Docker)?;
+            Some((server::bind(&config.docker.socket_path()).await?, state))
+        }
+        false => None,
+    };
     let kv = AnyKv::open(&config.store).await.map_err(AgentError::Store)?;
     let keys = Keys::new(&config.store.prefix);
     let saved_lease = saved.as_ref().filter(|s| s.store == kv.describe()).map_or(0, |s| s.lease);
@@ -239,5 +254,5 @@ pub(super) async fn start(config: Config) -> Result<(Agent, UnixListener), Agent
     agent.flush().await?;
     agent.save_state();
     info!(adopted = agent.local.len(), mode = agent.datapath.mode(), "datapath and local endpoints in place");
-    Ok((agent, listener))
+    Ok((agent, Listeners { control: listener, docker }))
 }

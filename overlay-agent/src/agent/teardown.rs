@@ -17,6 +17,7 @@ use crate::{
     netlink::{Netlink, NetlinkError},
     plumb::{self, PlumbError},
     records::NodeRecord,
+    docker::state::{DockerState, DockerStateError},
     state::{self, StateError},
     store::{AnyKv, StoreError, keys::Keys, kv::Kv},
 };
@@ -42,6 +43,8 @@ pub enum TeardownFailure {
     Netlink(#[source] NetlinkError),
     #[error("the agent state: {0}")]
     State(#[source] StateError),
+    #[error("the Docker plugin: {0}")]
+    Docker(#[source] DockerStateError),
 }
 
 /// `down` did not remove everything.
@@ -106,6 +109,7 @@ pub(super) async fn down(mut agent: Agent) -> Result<Vec<String>, TeardownError>
         Ok(()) => removed.push("the agent state".into()),
         Err(e) => failures.push(TeardownFailure::State(e)),
     }
+    remove_docker_plugin(&agent.config, &mut removed, &mut failures);
     finish(removed, failures)
 }
 
@@ -174,7 +178,24 @@ pub async fn down_offline(config: &Config) -> Result<Vec<String>, TeardownError>
         Ok(()) => {}
         Err(e) => failures.push(TeardownFailure::State(e)),
     }
+    remove_docker_plugin(config, &mut removed, &mut failures);
     finish(removed, failures)
+}
+
+/// The Docker plugin's socket and the driver's state. Docker networks made with the
+/// plugin stay in dockerd (`docker network rm` them); their containers lost their veths.
+fn remove_docker_plugin(config: &Config, removed: &mut Vec<String>, failures: &mut Vec<TeardownFailure>) {
+    let socket = config.docker.socket_path();
+    if config.docker.enabled {
+        match std::fs::remove_file(&socket) {
+            Ok(()) => removed.push(format!("the Docker plugin socket {}", socket.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => failures.push(TeardownFailure::Docker(DockerStateError::Io { path: socket, source })),
+        }
+    }
+    if let Err(e) = DockerState::remove(&config.state_dir) {
+        failures.push(TeardownFailure::Docker(e));
+    }
 }
 
 /// Revokes this node's lease; returns it, or `None` if the store holds nothing of it.

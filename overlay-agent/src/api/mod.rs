@@ -25,6 +25,24 @@ pub struct EndpointSpec {
     pub mac: Option<MacAddr>,
     /// Interface name inside the container; default `eth0`.
     pub ifname: Option<String>,
+    /// Leave the container end of the veth in the host namespace for the runtime to
+    /// move and address (Docker's plugin protocol); `netns` is then only recorded.
+    #[serde(default)]
+    pub handoff: bool,
+    /// Who plugged it (e.g. `docker:<endpoint id>`, `cni:<container id>/<ifname>`), for
+    /// runtimes that find their endpoints again by their own ids.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// An address reserved ahead of its endpoint (an IPAM request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressInfo {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The network's gateway address (its subnet's first), which allocation never hands out.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 /// An endpoint behind a VTEP that runs no agent.
@@ -44,6 +62,10 @@ pub enum Request {
     EndpointList,
     RemoteAdd(RemoteSpec),
     RemoteDel { network: String, ip: Ipv4Addr },
+    /// Reserve an address (the one given, or the lowest free one) for an endpoint to come.
+    AddressReserve { network: String, ip: Option<Ipv4Addr> },
+    /// Release a reservation of this node (fine if there is none).
+    AddressRelease { network: String, ip: Ipv4Addr },
     Status,
     /// Remove everything this node made (datapath, veths, store records, lease) and exit.
     Down,
@@ -84,6 +106,13 @@ pub struct EndpointInfo {
     pub netns: Option<String>,
     pub ifname: Option<String>,
     pub host_ifname: Option<String>,
+    /// Local only: who plugged it ([`EndpointSpec::owner`]).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Local only, for a hand-off: the container end's name in the host namespace
+    /// until the runtime takes it.
+    #[serde(default)]
+    pub handed_off: Option<String>,
     /// Local only: why the store does not hold it (a conflict found when re-registering),
     /// `None` when it is published.
     #[serde(default)]
@@ -153,6 +182,8 @@ pub enum Response {
     Endpoint(EndpointInfo),
     Deleted(EndpointInfo),
     Endpoints { endpoints: Vec<EndpointInfo> },
+    Address(AddressInfo),
+    Released { released: bool },
     Status(StatusInfo),
     /// `down` is done: the agent removed everything and exits.
     Down { removed: Vec<String> },

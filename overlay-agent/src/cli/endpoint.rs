@@ -18,6 +18,8 @@ pub fn add(config: &Config, a: EndpointAddArgs) -> Result<()> {
         ip: a.ip,
         mac: a.mac,
         ifname: Some(a.ifname),
+        handoff: false,
+        owner: None,
     });
     match call(config, &req)? {
         Response::Endpoint(info) => show_one(&info, a.output, "added"),
