@@ -98,7 +98,7 @@ fn docker_containers_on_two_hosts_talk_over_the_overlay() {
 
 #[test]
 fn dockerd_restarts_and_agent_errors_reach_the_user() {
-    let (lab, mut d) = two_docker_hosts();
+    let (mut lab, mut d) = two_docker_hosts();
     let a = run(&d[0], "ca");
     run(&d[1], "cb");
     // dockerd stops its containers (their endpoints go) and comes back with the network.
@@ -106,6 +106,16 @@ fn dockerd_restarts_and_agent_errors_reach_the_user() {
     assert!(local_endpoints(&lab, 1).is_empty(), "the stopped container's endpoint stayed");
     let c = run(&d[1], "cc");
     assert!(pings(&d[1], "cc", a) && pings(&d[0], "ca", c));
+    // The agent restarts (SIGTERM, start): the containers keep talking, and it still
+    // serves dockerd for the containers it plugged before (Leave on `docker rm`).
+    lab.stop_agent(1);
+    assert!(pings(&d[0], "ca", c), "a stopped agent took the datapath down");
+    lab.start_agent(1);
+    assert!(pings(&d[1], "cc", a));
+    d[1].ok(&["rm", "-f", "cc"]);
+    assert!(local_endpoints(&lab, 1).is_empty(), "cc's endpoint outlived its container after the agent restart");
+    let c = run(&d[1], "cd");
+    assert!(pings(&d[1], "cd", a));
     // The agent's refusals are Docker errors with the agent's message.
     let out = d[0].docker(&["network", "create", "-d", "overlay-agent", "--ipam-driver", "overlay-agent", "-o", "network=green", "green"]);
     assert!(!out.success() && out.stderr.contains("serves no network \"green\""), "{}", out.stderr);
