@@ -71,6 +71,14 @@ pub fn agent_binary() -> PathBuf {
     );
 }
 
+/// The `overlay-cni` plugin built with the agent: next to [`agent_binary`]. Panics,
+/// saying how to build it, if it is not there.
+pub fn cni_binary() -> PathBuf {
+    let path = agent_binary().with_file_name("overlay-cni");
+    assert!(path.is_file(), "no {}: build it (cargo build -p overlay-cni)", path.display());
+    path
+}
+
 /// Environment variable naming the upgrade-test variant of the agent (built with
 /// overlay-agent's `upgrade-test-variant` feature); `cargo xtask test` sets it.
 pub const AGENT_VARIANT_BIN_ENV: &str = "OVERLAY_AGENT_VARIANT_BIN";

@@ -25,7 +25,7 @@ pub mod scale;
 pub mod topo;
 pub mod traffic;
 
-pub use agent::{AgentProcess, CliOutput, agent_binary, run_cli, variant_binary};
+pub use agent::{AgentProcess, CliOutput, agent_binary, cni_binary, run_cli, variant_binary};
 pub use continuity::{LongConnection, Pinger};
 pub use etcd::{EtcdCluster, EtcdOptions, TlsFiles};
 pub use ns::NetNs;

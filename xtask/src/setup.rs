@@ -45,6 +45,8 @@ const APT_PACKAGES: &[&str] = &[
     // tests), a static busybox for the images they import offline.
     "docker.io",
     "busybox-static",
+    // host-local, the IPAM plugin the CNI tests delegate to.
+    "containernetworking-plugins",
 ];
 
 /// Debian's Rust toolchain, which builds the eBPF crate.

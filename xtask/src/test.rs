@@ -24,7 +24,7 @@ const SHM: &str = "/dev/shm";
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 /// The suites that also run with kernel-mode agents (the rest runs once, in eBPF mode,
 /// or picks its modes itself).
-const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle", "docker"];
+const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle", "docker", "cni"];
 /// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
 const MODE_ENV: &str = "OVERLAY_TEST_DATAPATH";
 /// The agent binary of the lab (tests/src/agent.rs `AGENT_BIN_ENV`).
@@ -77,7 +77,7 @@ pub fn execute(args: &Args) -> Result<()> {
     };
     eprintln!("xtask: integration suite, eBPF datapath");
     let integration = exec::exec(&mut suite(&[], "ebpf"));
-    eprintln!("xtask: the overlay, restart, etcd, lifecycle and docker suites again, kernel VXLAN datapath");
+    eprintln!("xtask: the overlay, restart, etcd, lifecycle, docker and cni suites again, kernel VXLAN datapath");
     let kernel = exec::exec(&mut suite(KERNEL_SUITES, "kernel"));
 
     // Anything left now was left by the suite itself: remove it, and fail the run.
@@ -93,7 +93,7 @@ pub fn execute(args: &Args) -> Result<()> {
         ("upgrade-test variant build", variant.map(drop)),
         ("unit tests", unit),
         ("integration tests (eBPF datapath)", integration),
-        ("overlay, restart, etcd, lifecycle and docker tests (kernel datapath)", kernel),
+        ("overlay, restart, etcd, lifecycle, docker and cni tests (kernel datapath)", kernel),
         ("cleanup after the tests", cleanup),
     ];
     let mut failed = 0;
