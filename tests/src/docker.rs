@@ -123,16 +123,7 @@ impl Dockerd {
 
     /// Makes [`IMAGE`]: a root filesystem of Debian's static busybox, imported.
     pub fn import_busybox(&self) {
-        let root = self.dir.join("rootfs");
-        fs::create_dir_all(root.join("bin")).expect("rootfs");
-        fs::create_dir_all(root.join("tmp")).expect("rootfs /tmp");
-        fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap_or_else(|e| panic!("copying {BUSYBOX} (busybox-static): {e}"));
-        for applet in APPLETS {
-            let link = root.join("bin").join(applet);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", &link).expect("applet link");
-            }
-        }
+        let root = busybox_rootfs(&self.dir.join("rootfs"));
         let tar = self.dir.join("rootfs.tar");
         let status = Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().expect("tar");
         assert!(status.success(), "tar of the busybox root failed");
@@ -150,23 +141,38 @@ impl Dockerd {
         self.stop();
         self.spawn();
     }
+}
 
-    /// Kills every process whose command line names this daemon's directory (the
-    /// containerd and shims dockerd started); returns how many.
-    fn kill_leftovers(&self) -> usize {
-        let needle = self.dir.display().to_string();
-        let mut killed = 0;
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                warn!(pid, "killing a process dockerd left behind");
-                let _gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                killed += 1;
-            }
+/// A root filesystem at `root` with Debian's static busybox and its applets, and `/tmp`;
+/// returns `root`.
+pub fn busybox_rootfs(root: &Path) -> PathBuf {
+    fs::create_dir_all(root.join("bin")).expect("rootfs");
+    fs::create_dir_all(root.join("tmp")).expect("rootfs /tmp");
+    fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap_or_else(|e| panic!("copying {BUSYBOX} (busybox-static): {e}"));
+    for applet in APPLETS {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).expect("applet link");
         }
-        killed
     }
+    root.to_owned()
+}
+
+/// Kills every process whose command line names `dir` (what a daemon of the tests
+/// left: containerd, shims); returns how many.
+pub(crate) fn kill_processes_naming(dir: &Path) -> usize {
+    let needle = dir.display().to_string();
+    let mut killed = 0;
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            warn!(pid, "killing a process a test daemon left behind");
+            let _gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
 }
 
 impl Drop for Dockerd {
@@ -184,7 +190,7 @@ impl Drop for Dockerd {
             }
             self.stop();
         }
-        self.kill_leftovers();
+        kill_processes_naming(&self.dir);
         if thread::panicking() {
             eprintln!("---- dockerd log ({}, in {}) ----\n{}---- end of dockerd log ----", self.log.display(), self.ns, self.log());
         }

@@ -13,6 +13,7 @@
 pub mod adoption;
 pub mod agent;
 pub mod bench;
+pub mod containerd;
 pub mod continuity;
 pub mod docker;
 pub mod etcd;

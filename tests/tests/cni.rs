@@ -4,7 +4,8 @@
 //! hosts reaching each other, CHECK passing and then catching a broken interface,
 //! idempotent DEL, GC, STATUS, delegated IPAM (Debian's host-local), and the errors
 //! (unknown network, agent down, bad version, missing variables, a taken interface
-//! name). Runs in the suite's datapath mode.
+//! name); and a real runtime, containerd's `ctr run --cni`, plugging containers on two
+//! hosts that reach each other. Runs in the suite's datapath mode.
 
 use std::{
     io::Write as _,
@@ -15,6 +16,7 @@ use std::{
 
 use integration_tests::{
     NetNs, cni_binary,
+    containerd::Containerd,
     lab::{BLUE, Lab},
     ping, require_root,
     topo::Underlay,
@@ -223,4 +225,50 @@ fn a_delegated_ipam_plugin_gives_the_address() {
     let del = cni(&lab, 0, "DEL", &c, &env("ctr-a", &a, "eth0"));
     assert!(del.ok, "{} {}", del.json, del.stderr);
     assert!(!lease.exists(), "host-local still holds the address after DEL");
+}
+
+/// The CNI endpoints (owner `cni:...`) of host `host`'s agent: (owner, ip).
+fn cni_endpoints(lab: &Lab, host: usize) -> Vec<(String, String)> {
+    let out = lab.cli(host, &["endpoint", "list", "--json"]);
+    out.assert_success();
+    serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["owner"].as_str()?.strip_prefix("cni:")?.to_owned(), e["ip"].as_str()?.to_owned())))
+        .collect()
+}
+
+#[test]
+fn containerd_plugs_containers_on_two_hosts_through_the_plugin() {
+    let lab = lab();
+    let runtimes: Vec<Containerd> = (0..2)
+        .map(|i| {
+            let c = Containerd::start(&lab.hosts()[i].ns, &lab.dir.join(format!("containerd{i}")));
+            let conflist = serde_json::json!({
+                "cniVersion": "1.0.0",
+                "name": "blue",
+                "plugins": [{"type": "overlay-cni", "network": "blue", "agentConfig": lab.nodes[i].config}],
+            });
+            c.install_cni(&cni_binary(), &conflist);
+            c
+        })
+        .collect();
+    // On h1, a long-lived container: ctr calls ADD with the task's namespace.
+    let rootfs = runtimes[0].rootfs("srv");
+    let out = runtimes[0].ctr(&["run", "-d", "--cni", "--cpu-shares", "0", "--rootfs", rootfs.to_str().unwrap(), "srv", "/bin/sleep", "3600"]);
+    out.assert_success();
+    let eps = cni_endpoints(&lab, 0);
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(eps[0].0, "default-srv/eth0");
+    let srv_ip = eps[0].1.clone();
+    // On h2, a container that pings it and exits: ADD before, DEL after (ctr --rm).
+    let rootfs = runtimes[1].rootfs("cli");
+    let out = runtimes[1].ctr(&["run", "--rm", "--cni", "--cpu-shares", "0", "--rootfs", rootfs.to_str().unwrap(), "cli", "/bin/ping", "-c", "5", "-W", "2", &srv_ip]);
+    let received = out
+        .stdout
+        .lines()
+        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" packets received")))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    assert!(received.is_some_and(|n| n >= 4), "ping from h2's container to {srv_ip}: {}{}", out.stdout, out.stderr);
+    assert!(cni_endpoints(&lab, 1).is_empty(), "ctr's DEL left the endpoint on h2: {:?}", cni_endpoints(&lab, 1));
 }
