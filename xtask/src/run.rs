@@ -17,6 +17,10 @@ pub struct Args {
     /// starts in a namespace of its own.
     #[arg(long, value_parser = ["dir", "etcd"], default_value = "dir")]
     pub store: String,
+    /// What makes the lab's containers: `overlay-agent endpoint add` (default), or
+    /// `docker run` with a dockerd per host and the agent's Docker plugin.
+    #[arg(long, value_parser = ["endpoint", "docker"], default_value = "endpoint")]
+    pub runtime: String,
     /// Further arguments for overlay-lab (after `--`).
     #[arg(last = true)]
     pub lab_args: Vec<OsString>,
@@ -37,7 +41,7 @@ pub fn execute(args: &Args) -> Result<()> {
     if args.keep {
         cmd.arg("--keep");
     }
-    cmd.args(["--store", &args.store]);
+    cmd.args(["--store", &args.store, "--runtime", &args.runtime]);
     cmd.args(&args.lab_args)
         .env("OVERLAY_AGENT_BIN", workspace::debug_bin("overlay-agent"))
         .current_dir(workspace::root());
