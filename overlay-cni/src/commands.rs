@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use overlay_agent::{
-    api::{EndpointInfo, EndpointKind, EndpointSpec, Request, Response, client},
+    api::{EndpointInfo, EndpointKind, EndpointSpec, ErrorKind, Request, Response, client},
     config::Config,
     netlink::{Netlink, netns},
 };
@@ -71,7 +71,8 @@ impl<'a> Call<'a> {
     /// One request to the agent; an unreachable agent is "try again later".
     fn agent(&self, request: &Request) -> Result<Response, CniError> {
         match client::call(&self.agent.socket_path(), request) {
-            Ok(Response::Error { message }) => Err(CniError::new(code::AGENT, message)),
+            Ok(Response::Error { message, kind: Some(ErrorKind::NotFound) }) => Err(CniError::new(code::UNKNOWN_CONTAINER, message)),
+            Ok(Response::Error { message, .. }) => Err(CniError::new(code::AGENT, message)),
             Ok(r) => Ok(r),
             Err(e @ client::ClientError::Connect { .. }) => Err(CniError::new(code::TRY_AGAIN_LATER, e.to_string())),
             Err(e) => Err(CniError::new(code::IO, e.to_string())),
@@ -136,7 +137,8 @@ impl<'a> Call<'a> {
         if let Some(ep) = self.find()? {
             match self.agent(&Request::EndpointDel { network: ep.network.clone(), ip: ep.ip }) {
                 Ok(_) => {}
-                Err(e) if e.code == code::AGENT && e.msg.starts_with("no endpoint") => {}
+                // Gone meanwhile: deleted all the same.
+                Err(e) if e.code == code::UNKNOWN_CONTAINER => {}
                 Err(e) => return Err(e),
             }
         }
@@ -237,7 +239,7 @@ impl<'a> Call<'a> {
             }
             match self.agent(&Request::EndpointDel { network: ep.network.clone(), ip: ep.ip }) {
                 Ok(_) => removed.push(owner.to_owned()),
-                Err(e) if e.code == code::AGENT && e.msg.starts_with("no endpoint") => {}
+                Err(e) if e.code == code::UNKNOWN_CONTAINER => {}
                 Err(e) => return Err(e),
             }
         }

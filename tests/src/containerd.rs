@@ -12,9 +12,9 @@
 //! SIGKILL) and kills whatever it left (shims) by its unique directory.
 
 use std::{
-    fs::{self, OpenOptions},
+    fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -22,8 +22,9 @@ use std::{
 use tracing::warn;
 
 use crate::{
-    agent::{CliOutput, die_with_parent, terminate},
-    docker::{busybox_rootfs, kill_processes_naming},
+    agent::CliOutput,
+    daemon::{Daemon, kill_processes_naming, output},
+    docker::busybox_rootfs,
     ns::NetNs,
 };
 
@@ -34,9 +35,7 @@ pub const CTR: &str = "/usr/bin/ctr";
 pub struct Containerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
-    ns: String,
-    log: PathBuf,
-    child: Option<Child>,
+    daemon: Daemon,
 }
 
 impl Containerd {
@@ -57,31 +56,12 @@ impl Containerd {
             ),
         )
         .expect("containerd config");
-        let log = dir.join("containerd.log");
-        let out = OpenOptions::new().create(true).append(true).open(&log).expect("containerd log");
         let script = format!("mount -t cgroup2 none /sys/fs/cgroup && exec {CONTAINERD} --config {}", config.display());
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", ns.name(), "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out);
-        die_with_parent(&mut command);
-        let child = command.spawn().expect("spawning containerd");
-        let mut c = Containerd { dir: dir.to_owned(), socket, ns: ns.name().to_owned(), log, child: Some(child) };
-        let deadline = Instant::now() + crate::hang_guard(Duration::from_secs(30));
-        while !c.ctr(&["version"]).success() {
-            if let Some(status) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
-                panic!("containerd exited ({status}):\n{}", c.log());
-            }
-            assert!(Instant::now() < deadline, "containerd did not answer within 30 s:\n{}", c.log());
-            thread::sleep(Duration::from_millis(100));
-        }
+        let daemon = Daemon::spawn("containerd", ns.name(), &script, &dir.join("containerd.log"));
+        let mut c = Containerd { dir: dir.to_owned(), socket, daemon };
+        let (ns, dir, socket) = (c.daemon.ns.clone(), c.dir.clone(), c.socket.clone());
+        c.daemon.wait_answering(|| ctr(&ns, &dir, &socket, &["version"]).success());
         c
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Installs a CNI plugin binary and the network config list `ctr --cni` uses.
@@ -99,23 +79,7 @@ impl Containerd {
     /// `ctr --address <this daemon> args...`, in the host's namespace with the lab's CNI
     /// config and plugins in place.
     pub fn ctr(&self, args: &[&str]) -> CliOutput {
-        let d = self.dir.display();
-        let script = format!(
-            "mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-up,workdir={d}/etc-work /etc && \
-             mount --bind {d}/opt /opt && exec {CTR} --address {} \"$@\"",
-            self.socket.display()
-        );
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "sh", "-c", &script, "sh"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running ctr: {e}"));
-        CliOutput {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        ctr(&self.daemon.ns, &self.dir, &self.socket, args)
     }
 
     fn remove_containers(&self) {
@@ -138,15 +102,21 @@ impl Containerd {
     }
 }
 
+fn ctr(ns: &str, dir: &Path, socket: &Path, args: &[&str]) -> CliOutput {
+    let d = dir.display();
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc-up,workdir={d}/etc-work /etc && \
+         mount --bind {d}/opt /opt && exec {CTR} --address {} \"$@\"",
+        socket.display()
+    );
+    output(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &script, "sh"]).args(args))
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.remove_containers();
-            terminate(&mut child, crate::hang_guard(Duration::from_secs(10)), "containerd");
-        }
+        self.remove_containers();
+        self.daemon.stop(Duration::from_secs(10));
         kill_processes_naming(&self.dir);
-        if thread::panicking() {
-            eprintln!("---- containerd log ({}, in {}) ----\n{}---- end of containerd log ----", self.log.display(), self.ns, self.log());
-        }
+        self.daemon.report_if_panicking();
     }
 }

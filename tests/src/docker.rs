@@ -12,17 +12,17 @@
 //! printed when the test is failing.
 
 use std::{
-    fs::{self, OpenOptions},
+    fs,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, ExitStatus},
+    time::Duration,
 };
 
 use tracing::warn;
 
 use crate::{
-    agent::{CliOutput, die_with_parent, terminate},
+    agent::CliOutput,
+    daemon::{Daemon, kill_processes_naming, output},
     ns::NetNs,
 };
 
@@ -41,8 +41,7 @@ pub struct Dockerd {
     pub socket: PathBuf,
     plugin_dir: PathBuf,
     ns: String,
-    log: PathBuf,
-    child: Option<Child>,
+    daemon: Option<Daemon>,
 }
 
 impl Dockerd {
@@ -57,8 +56,7 @@ impl Dockerd {
             socket: dir.join("docker.sock"),
             plugin_dir: plugin_dir.to_owned(),
             ns: ns.name().to_owned(),
-            log: dir.join("dockerd.log"),
-            child: None,
+            daemon: None,
         };
         d.spawn();
         d
@@ -74,43 +72,15 @@ impl Dockerd {
             plugins = self.plugin_dir.display(),
             sock = self.socket.display(),
         );
-        let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("dockerd log");
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &self.ns, "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        die_with_parent(&mut command);
-        self.child = Some(command.spawn().expect("spawning dockerd"));
-        let deadline = Instant::now() + crate::hang_guard(Duration::from_secs(30));
-        while !self.docker(&["version", "--format", "{{.Server.Version}}"]).success() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("dockerd exited ({status}):\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "dockerd did not answer within 30 s:\n{}", self.log());
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        let mut daemon = Daemon::spawn("dockerd", &self.ns, &script, &self.dir.join("dockerd.log"));
+        let socket = self.socket.clone();
+        daemon.wait_answering(|| docker(&socket, &["version", "--format", "{{.Server.Version}}"]).success());
+        self.daemon = Some(daemon);
     }
 
     /// `docker -H <this daemon> args...`.
     pub fn docker(&self, args: &[&str]) -> CliOutput {
-        let out = Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {DOCKER}: {e}"));
-        CliOutput {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        docker(&self.socket, args)
     }
 
     /// `docker args...`, which must succeed; its trimmed output.
@@ -132,8 +102,7 @@ impl Dockerd {
 
     /// Stops dockerd (SIGTERM; it stops its containers first), then SIGKILL.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        Some(terminate(&mut child, crate::hang_guard(Duration::from_secs(20)), "dockerd"))
+        self.daemon.as_mut()?.stop(Duration::from_secs(20))
     }
 
     /// Stops and starts dockerd again with the same data.
@@ -141,6 +110,10 @@ impl Dockerd {
         self.stop();
         self.spawn();
     }
+}
+
+fn docker(socket: &Path, args: &[&str]) -> CliOutput {
+    output(Command::new(DOCKER).arg("-H").arg(format!("unix://{}", socket.display())).args(args))
 }
 
 /// A root filesystem at `root` with Debian's static busybox and its applets, and `/tmp`;
@@ -158,26 +131,9 @@ pub fn busybox_rootfs(root: &Path) -> PathBuf {
     root.to_owned()
 }
 
-/// Kills every process whose command line names `dir` (what a daemon of the tests
-/// left: containerd, shims); returns how many.
-pub(crate) fn kill_processes_naming(dir: &Path) -> usize {
-    let needle = dir.display().to_string();
-    let mut killed = 0;
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            warn!(pid, "killing a process a test daemon left behind");
-            let _gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            killed += 1;
-        }
-    }
-    killed
-}
-
 impl Drop for Dockerd {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.daemon.as_ref().is_some_and(|_| self.docker(&["version"]).success()) {
             let ids = self.docker(&["ps", "-aq"]).stdout;
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
@@ -188,11 +144,11 @@ impl Drop for Dockerd {
                     warn!(stderr = %out.stderr, "removing the test's containers");
                 }
             }
-            self.stop();
         }
+        self.stop();
         kill_processes_naming(&self.dir);
-        if thread::panicking() {
-            eprintln!("---- dockerd log ({}, in {}) ----\n{}---- end of dockerd log ----", self.log.display(), self.ns, self.log());
+        if let Some(d) = &self.daemon {
+            d.report_if_panicking();
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod bench;
 pub mod containerd;
 pub mod continuity;
+pub mod daemon;
 pub mod docker;
 pub mod etcd;
 pub mod interrupt;

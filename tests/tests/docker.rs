@@ -94,6 +94,14 @@ fn docker_containers_on_two_hosts_talk_over_the_overlay() {
     lab.wait_for_dump(0, "b withdrawn", Duration::from_secs(3), |m| !m.fdb.iter().any(|f| f.mac == MacAddr::from_ipv4(b)));
     let b2 = run(&d[1], "cb2");
     assert!(pings(&d[1], "cb2", a) && pings(&d[0], "ca", b2));
+    // `docker network disconnect` withdraws it too; `connect` plugs it in again.
+    d[1].ok(&["network", "disconnect", "blue", "cb2"]);
+    assert!(local_endpoints(&lab, 1).is_empty(), "disconnect left the endpoint");
+    lab.wait_for_dump(0, "cb2 withdrawn", Duration::from_secs(3), |m| !m.fdb.iter().any(|f| f.mac == MacAddr::from_ipv4(b2)));
+    d[1].ok(&["network", "connect", "blue", "cb2"]);
+    let again: Ipv4Addr = d[1].ok(&["inspect", "-f", "{{.NetworkSettings.Networks.blue.IPAddress}}", "cb2"]).parse().unwrap();
+    assert_eq!(local_endpoints(&lab, 1).len(), 1);
+    assert!(pings(&d[1], "cb2", a) && pings(&d[0], "ca", again));
 }
 
 #[test]

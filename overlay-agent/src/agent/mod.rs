@@ -279,7 +279,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             remove_socket(&socket);
             let response = match &result {
                 Ok(removed) => crate::api::Response::Down { removed: removed.clone() },
-                Err(e) => crate::api::Response::Error { message: e.to_string() },
+                Err(e) => crate::api::Response::error(e.to_string()),
             };
             // The CLI may have gone away; nothing to do about it.
             let _client_gone = call.reply.send(response);

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::{Agent, Local};
 use crate::{
     api::{
-        EndpointInfo, EndpointKind, EndpointSpec, NetworkInfo, PeerInfo, RemoteSpec, Request, Response, StatusInfo,
+        EndpointInfo, ErrorKind, EndpointKind, EndpointSpec, NetworkInfo, PeerInfo, RemoteSpec, Request, Response, StatusInfo,
         StoreInfo,
     },
     datapath::{Datapath, DatapathError, LocalEndpoint},
@@ -85,6 +85,13 @@ pub enum RequestError {
     Store(#[from] StoreError),
 }
 
+impl RequestError {
+    /// The kind clients act on, if it is one.
+    fn kind(&self) -> Option<ErrorKind> {
+        matches!(self, RequestError::NoSuchEndpoint { .. } | RequestError::NoSuchStatic { .. }).then_some(ErrorKind::NotFound)
+    }
+}
+
 /// RFC 3339 (UTC, seconds) for `status`.
 pub(super) fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -112,7 +119,7 @@ where
 
 impl Agent {
     pub(super) async fn handle(&mut self, req: Request, reply: oneshot::Sender<Response>) {
-        let err = |e: RequestError| Response::Error { message: e.to_string() };
+        let err = |e: RequestError| Response::Error { message: e.to_string(), kind: e.kind() };
         let response = match req {
             Request::EndpointAdd(spec) => self.add_endpoint(spec).await.map_or_else(err, Response::Endpoint),
             Request::EndpointDel { network, ip } => self.del_endpoint(&network, ip).await.map_or_else(err, Response::Deleted),
@@ -125,7 +132,7 @@ impl Agent {
             Request::RemoteDel { network, ip } => self.del_static(&network, ip).await.map_or_else(err, Response::Deleted),
             Request::Status => Response::Status(self.status()),
             // Handled by the main loop, which stops after it.
-            Request::Down => Response::Error { message: "down is handled by the main loop".into() },
+            Request::Down => Response::error("down is handled by the main loop"),
         };
         // The client may have gone away; nothing to do about it.
         let _client_gone = reply.send(response);

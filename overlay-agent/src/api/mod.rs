@@ -187,7 +187,27 @@ pub enum Response {
     Status(StatusInfo),
     /// `down` is done: the agent removed everything and exits.
     Down { removed: Vec<String> },
-    Error { message: String },
+    Error {
+        message: String,
+        /// What kind of refusal, for clients that act on it (absent: any other).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<ErrorKind>,
+    },
+}
+
+/// Refusals that clients tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// No such endpoint (or static endpoint): for a delete, already done.
+    NotFound,
+}
+
+impl Response {
+    /// An error reply of no particular kind.
+    pub fn error(message: impl Into<String>) -> Response {
+        Response::Error { message: message.into(), kind: None }
+    }
 }
 
 #[cfg(test)]
@@ -200,7 +220,7 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"op":"endpoint-del","network":"blue","ip":"10.0.10.10"}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
-        let e = Response::Error { message: "no".into() };
+        let e = Response::error("no");
         assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"result":"error","message":"no"}"#);
     }
 }

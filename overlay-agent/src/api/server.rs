@@ -27,7 +27,7 @@ const MAX_LINE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("another agent is already serving {path}; stop it first (or use a different state_dir)")]
+    #[error("another agent is already serving {path}; stop it first (or give this one another state_dir, or another [docker] plugin_name)")]
     AlreadyRunning { path: PathBuf },
     #[error("control socket {path}: {source}")]
     Io {
@@ -102,13 +102,13 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
     let mut lines = BufReader::new(read.take(MAX_LINE as u64)).lines();
     while let Some(line) = lines.next_line().await? {
         let response = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::Error { message: format!("malformed request: {e}") },
+            Err(e) => Response::error(format!("malformed request: {e}")),
             Ok(request) => {
                 let (reply, rx) = oneshot::channel();
                 if calls.send(Call { request, reply }).await.is_err() {
-                    Response::Error { message: "the agent is shutting down".into() }
+                    Response::error("the agent is shutting down")
                 } else {
-                    rx.await.unwrap_or(Response::Error { message: "the agent is shutting down".into() })
+                    rx.await.unwrap_or_else(|_| Response::error("the agent is shutting down"))
                 }
             }
         };

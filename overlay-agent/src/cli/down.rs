@@ -14,7 +14,7 @@ use crate::{
 pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
     let removed = match client::call(&config.socket_path(), &Request::Down) {
         Ok(Response::Down { removed }) => removed,
-        Ok(Response::Error { message }) => anyhow::bail!("{message}"),
+        Ok(Response::Error { message, .. }) => anyhow::bail!("{message}"),
         Ok(other) => return Err(super::render::unexpected(&other)),
         // No agent: do it here.
         Err(client::ClientError::Connect { .. }) => {

@@ -20,7 +20,7 @@ pub fn json<T: Serialize>(value: &T) -> Result<()> {
 /// Sends a request to the agent; an error reply becomes an error.
 pub fn call(config: &crate::config::Config, req: &crate::api::Request) -> Result<Response> {
     match client::call(&config.socket_path(), req)? {
-        Response::Error { message } => bail!("{message}"),
+        Response::Error { message, .. } => bail!("{message}"),
         other => Ok(other),
     }
 }

@@ -19,7 +19,7 @@ use super::{
     state::{DockerEndpoint, DockerState, DockerStateError},
 };
 use crate::{
-    api::{EndpointSpec, Request, Response, server::Call},
+    api::{EndpointSpec, ErrorKind, Request, Response, server::Call},
     config::Network,
     mac::MacAddr,
 };
@@ -27,14 +27,20 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// The agent refused (its message says why and what to do).
-    #[error("{0}")]
-    Agent(String),
+    #[error("{message}")]
+    Agent { message: String, kind: Option<ErrorKind> },
     #[error("{0}")]
     Invalid(String),
     #[error("the overlay agent is shutting down; retry when it is back")]
     ShuttingDown,
     #[error("saving the Docker driver's state: {0}")]
     State(#[from] DockerStateError),
+}
+
+impl DriverError {
+    fn unexpected(message: impl Into<String>) -> DriverError {
+        DriverError::Agent { message: message.into(), kind: None }
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> DriverError {
@@ -59,7 +65,7 @@ impl Driver {
         let (reply, rx) = oneshot::channel();
         self.calls.send(Call { request, reply }).await.map_err(|_| DriverError::ShuttingDown)?;
         match rx.await.map_err(|_| DriverError::ShuttingDown)? {
-            Response::Error { message } => Err(DriverError::Agent(message)),
+            Response::Error { message, kind } => Err(DriverError::Agent { message, kind }),
             other => Ok(other),
         }
     }
@@ -199,9 +205,9 @@ impl Driver {
         };
         let info = match self.call(Request::EndpointAdd(spec)).await? {
             Response::Endpoint(info) => info,
-            other => return Err(DriverError::Agent(format!("unexpected answer from the agent: {other:?}"))),
+            other => return Err(DriverError::unexpected(format!("unexpected answer from the agent: {other:?}"))),
         };
-        let src_name = info.handed_off.ok_or_else(|| DriverError::Agent("the agent kept the container end of the veth".into()))?;
+        let src_name = info.handed_off.ok_or_else(|| DriverError::unexpected("the agent kept the container end of the veth"))?;
         Ok(JoinResponse {
             interface_name: InterfaceName { src_name, dst_prefix: "eth".into() },
             gateway: String::new(),
@@ -221,7 +227,7 @@ impl Driver {
         match self.call(Request::EndpointDel { network: net.name.clone(), ip: ep.ip }).await {
             Ok(_) => {}
             // Already gone (removed with `endpoint del`, or its veth vanished): done.
-            Err(DriverError::Agent(m)) if m.starts_with("no endpoint") => {}
+            Err(DriverError::Agent { kind: Some(ErrorKind::NotFound), .. }) => {}
             Err(e) => return Err(e),
         }
         Ok(serde_json::json!({}))
@@ -262,7 +268,7 @@ impl Driver {
         }
         match self.call(Request::AddressReserve { network: net.name.clone(), ip: asked }).await? {
             Response::Address(a) => Ok(RequestAddressResponse { address: format!("{}/{}", a.ip, a.prefix_len), data: BTreeMap::new() }),
-            other => Err(DriverError::Agent(format!("unexpected answer from the agent: {other:?}"))),
+            other => Err(DriverError::unexpected(format!("unexpected answer from the agent: {other:?}"))),
         }
     }
 

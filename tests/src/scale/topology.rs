@@ -102,7 +102,7 @@ impl ScaleTopology {
         let socket = self.lab.nodes[AGENT].state_dir.join(overlay_agent::paths::SOCKET_NAME);
         match client::call(&socket, &Request::Status).map_err(ScaleError::Status)? {
             Response::Status(info) => Ok(info),
-            Response::Error { message } => Err(ScaleError::StatusReply(message)),
+            Response::Error { message, .. } => Err(ScaleError::StatusReply(message)),
             other => Err(ScaleError::StatusReply(format!("{other:?}"))),
         }
     }
