@@ -135,6 +135,7 @@ fn apt_packages() -> Result<bool> {
         return Ok(false);
     }
     exec::exec(apt_get().arg("update"))?;
+    let _no_starts = NoServiceStarts::install()?;
     exec::exec(
         apt_get()
             .args(["install", "-y", "--no-install-recommends"])
@@ -158,7 +159,48 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
     }
     eprintln!("xtask: installing apt packages: {}", missing.join(" "));
     exec::exec(apt_get().arg("update"))?;
+    let _no_starts = NoServiceStarts::install()?;
     exec::exec(apt_get().args(["install", "-y", "--no-install-recommends"]).args(&missing))
+}
+
+/// Debian's way of telling package scripts not to start services: a
+/// `/usr/sbin/policy-rc.d` that exits 101, in place while apt installs. Without it, on
+/// a machine without one, installing docker.io, containerd or etcd-server would start
+/// dockerd, containerd and etcd in the root namespace (dockerd would add its docker0
+/// bridge and iptables rules to the machine's own network). The tests start their own,
+/// in namespaces. An existing policy-rc.d is the machine's and is left alone.
+struct NoServiceStarts {
+    written: Option<PathBuf>,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoServiceStarts {
+    fn install() -> Result<NoServiceStarts> {
+        Self::install_at(Path::new(POLICY_RC_D))
+    }
+
+    fn install_at(path: &Path) -> Result<NoServiceStarts> {
+        if path.exists() {
+            return Ok(NoServiceStarts { written: None });
+        }
+        eprintln!("xtask: writing {} (exit 101) while apt installs, so that no package starts a service", path.display());
+        fs::write(path, "#!/bin/sh\n# Written by `cargo xtask setup` for the duration of its apt-get install.\nexit 101\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("making {} executable", path.display()))?;
+        Ok(NoServiceStarts { written: Some(path.to_owned()) })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.written
+            && let Err(e) = fs::remove_file(path)
+        {
+            eprintln!("xtask: warning: removing {}: {e}; remove it by hand", path.display());
+        }
+    }
 }
 
 pub fn apt_get() -> Command {
@@ -318,6 +360,23 @@ fn ebpf_toolchain() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn service_starts_are_blocked_only_while_installing_and_a_machines_policy_is_kept() {
+        let dir = std::env::temp_dir().join(format!("xtask-policy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+        {
+            let _guard = NoServiceStarts::install_at(&path).unwrap();
+            let status = Command::new(&path).status().unwrap();
+            assert_eq!(status.code(), Some(101), "package scripts must be told not to start services");
+        }
+        assert!(!path.exists(), "the guard left its policy-rc.d behind");
+        fs::write(&path, "#!/bin/sh\nexit 0\n").unwrap();
+        drop(NoServiceStarts::install_at(&path).unwrap());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "#!/bin/sh\nexit 0\n", "the machine's own policy was touched");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     #[test]
