@@ -272,3 +272,26 @@ fn containerd_plugs_containers_on_two_hosts_through_the_plugin() {
     assert!(received.is_some_and(|n| n >= 4), "ping from h2's container to {srv_ip}: {}{}", out.stdout, out.stderr);
     assert!(cni_endpoints(&lab, 1).is_empty(), "ctr's DEL left the endpoint on h2: {:?}", cni_endpoints(&lab, 1));
 }
+
+#[test]
+fn an_agent_restart_keeps_cni_containers_and_serves_them_afterwards() {
+    let mut lab = lab();
+    let (a, b) = (NetNs::new("a"), NetNs::new("b"));
+    let ip_a = added_ip(&cni(&lab, 0, "ADD", &conf(&lab, 0, "1.1.0"), &env("ctr-a", &a, "eth0")));
+    let ip_b = added_ip(&cni(&lab, 1, "ADD", &conf(&lab, 1, "1.1.0"), &env("ctr-b", &b, "eth0")));
+    let b_mac = overlay_agent::mac::MacAddr::from_ipv4(ip_b);
+    lab.wait_for_dump(0, "b known", Duration::from_secs(3), |d| d.fdb.iter().any(|f| f.mac == b_mac));
+    // SIGTERM: the datapath stays, the containers keep talking; ADD meanwhile is "try again later".
+    lab.stop_agent(0);
+    assert_eq!(ping(&a, ip_b, 2, Duration::from_secs(2)).received, 2, "a stopped agent took the datapath down");
+    let c = NetNs::new("c");
+    assert_eq!(error_code(&cni(&lab, 0, "ADD", &conf(&lab, 0, "1.1.0"), &env("ctr-c", &c, "eth0"))), 11);
+    // The next start adopts the attachment: CHECK passes, DEL removes it.
+    lab.start_agent(0);
+    let check = cni(&lab, 0, "CHECK", &conf(&lab, 0, "1.1.0"), &env("ctr-a", &a, "eth0"));
+    assert!(check.ok, "{} {}", check.json, check.stderr);
+    assert_eq!(ping(&b, ip_a, 2, Duration::from_secs(2)).received, 2);
+    let del = cni(&lab, 0, "DEL", &conf(&lab, 0, "1.1.0"), &env("ctr-a", &a, "eth0"));
+    assert!(del.ok, "{} {}", del.json, del.stderr);
+    assert!(!a.netlink(|nl| async move { nl.link_by_name("eth0").await.unwrap().is_some() }), "DEL after the restart left eth0");
+}
