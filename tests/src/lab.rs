@@ -400,6 +400,13 @@ impl Lab {
         ip
     }
 
+    /// `endpoint list --json` of host `i`.
+    pub fn endpoints(&self, i: usize) -> Vec<serde_json::Value> {
+        let out = self.cli(i, &["endpoint", "list", "--json"]);
+        out.assert_success();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("parsing endpoint list: {e}\n{}", out.stdout))
+    }
+
     pub fn container(&self, name: &str) -> &Container {
         self.containers.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no container {name}"))
     }

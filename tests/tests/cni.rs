@@ -184,11 +184,7 @@ fn version_status_gc_and_errors() {
     gc["cni.dev/valid-attachments"] = serde_json::json!([{"containerID": "g2", "ifname": "eth0"}]);
     let out = cni(&lab, 0, "GC", &gc, &[]);
     assert!(out.ok, "{} {}", out.json, out.stderr);
-    let owners: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&lab.cli(0, &["endpoint", "list", "--json"]).stdout)
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["owner"].as_str().map(str::to_owned))
-        .collect();
+    let owners: Vec<String> = lab.endpoints(0).iter().filter_map(|e| e["owner"].as_str().map(str::to_owned)).collect();
     assert_eq!(owners, vec!["cni:g2/eth0".to_string()]);
     // GC and STATUS are 1.1.0 verbs.
     assert_eq!(error_code(&cni(&lab, 0, "GC", &conf(&lab, 0, "1.0.0"), &[])), 1);
@@ -229,10 +225,7 @@ fn a_delegated_ipam_plugin_gives_the_address() {
 
 /// The CNI endpoints (owner `cni:...`) of host `host`'s agent: (owner, ip).
 fn cni_endpoints(lab: &Lab, host: usize) -> Vec<(String, String)> {
-    let out = lab.cli(host, &["endpoint", "list", "--json"]);
-    out.assert_success();
-    serde_json::from_str::<Vec<serde_json::Value>>(&out.stdout)
-        .unwrap()
+    lab.endpoints(host)
         .iter()
         .filter_map(|e| Some((e["owner"].as_str()?.strip_prefix("cni:")?.to_owned(), e["ip"].as_str()?.to_owned())))
         .collect()

@@ -57,10 +57,7 @@ fn pings(d: &Dockerd, from: &str, to: Ipv4Addr) -> bool {
 }
 
 fn local_endpoints(lab: &Lab, host: usize) -> Vec<serde_json::Value> {
-    let out = lab.cli(host, &["endpoint", "list", "--json"]);
-    out.assert_success();
-    let all: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("endpoint list --json");
-    all.into_iter().filter(|e| e["kind"] == "local").collect()
+    lab.endpoints(host).into_iter().filter(|e| e["kind"] == "local").collect()
 }
 
 #[test]

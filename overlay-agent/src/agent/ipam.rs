@@ -32,24 +32,20 @@ impl Agent {
         ip: Option<Ipv4Addr>,
         mac: Option<MacAddr>,
     ) -> Result<(Ipv4Addr, MacAddr), RequestError> {
-        let record = |mac| self.endpoint_record(&net.name, mac, net.udp_port);
         let (kv, keys, lease) = (self.kv.clone(), self.keys.clone(), self.lease);
-        if let Some(ip) = ip {
+        let claim = |ip: Ipv4Addr| {
             let mac = mac.unwrap_or_else(|| MacAddr::from_ipv4(ip));
-            let rec = record(mac);
-            self.store_write(|| registry::publish_endpoint(&kv, &keys, net.vni, ip, &rec, lease)).await?;
-            return Ok((ip, mac));
-        }
-        self.first_free(net, mac.is_none(), |ip| {
-            let mac = mac.unwrap_or_else(|| MacAddr::from_ipv4(ip));
-            let rec = record(mac);
+            let rec = self.endpoint_record(&net.name, mac, net.udp_port);
             let (kv, keys) = (kv.clone(), keys.clone());
             async move {
-                let claimed = self.store_write(|| registry::publish_endpoint(&kv, &keys, net.vni, ip, &rec, lease)).await;
-                claimed.map(|()| (ip, mac))
+                self.store_write(|| registry::publish_endpoint(&kv, &keys, net.vni, ip, &rec, lease)).await?;
+                Ok((ip, mac))
             }
-        })
-        .await
+        };
+        match ip {
+            Some(ip) => claim(ip).await,
+            None => self.first_free(net, mac.is_none(), claim).await,
+        }
     }
 
     /// `address reserve`: `ip` (or the lowest free address) of `network`, for an

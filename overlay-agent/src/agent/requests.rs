@@ -92,6 +92,11 @@ impl RequestError {
     }
 }
 
+/// A container MAC must be unicast and not all zeros.
+fn check_mac(mac: MacAddr) -> Result<(), RequestError> {
+    if mac.is_multicast() || mac.is_zero() { Err(RequestError::BadMac { mac }) } else { Ok(()) }
+}
+
 /// RFC 3339 (UTC, seconds) for `status`.
 pub(super) fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -190,9 +195,7 @@ impl Agent {
         if ip == net.subnet.network() || ip == net.subnet.broadcast() {
             return Err(RequestError::ReservedAddress { ip, subnet: net.subnet });
         }
-        if mac.is_multicast() || mac.is_zero() {
-            return Err(RequestError::BadMac { mac });
-        }
+        check_mac(mac)?;
         // A friendly early answer; the store's transaction has the last word.
         if let Some((same_ip, node)) = self.desired.holder(net.vni, ip, mac) {
             return Err(if same_ip {
@@ -207,11 +210,11 @@ impl Agent {
     async fn add_endpoint(&mut self, spec: EndpointSpec) -> Result<EndpointInfo, RequestError> {
         let net = match spec.ip {
             Some(ip) => self.check_new(&spec.network, ip, spec.mac.unwrap_or_else(|| MacAddr::from_ipv4(ip)))?,
-            None => self.network_named(&spec.network)?,
+            None => {
+                spec.mac.map(check_mac).transpose()?;
+                self.network_named(&spec.network)?
+            }
         };
-        if let Some(mac) = spec.mac.filter(|m| m.is_multicast() || m.is_zero()) {
-            return Err(RequestError::BadMac { mac });
-        }
         self.store_ready()?;
         let max = overlay_common::limits::MAX_FLOOD_PORTS;
         if self.local.keys().filter(|(vni, _)| *vni == net.vni).count() >= max {

@@ -156,12 +156,7 @@ impl Driver {
         if iface.address.is_empty() {
             return Err(invalid("the endpoint has no IPv4 address: create the network with --ipam-driver for the overlay"));
         }
-        let ip: Ipv4Addr = iface
-            .address
-            .split('/')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| invalid(format!("{:?} is not an IPv4 address", iface.address)))?;
+        let ip = address_of(&iface.address)?;
         if !net.subnet.contains(&ip) {
             return Err(invalid(format!("{ip} is not in overlay network {}'s subnet {}", net.name, net.subnet)));
         }
@@ -274,12 +269,17 @@ impl Driver {
 
     pub async fn release_address(&self, r: ReleaseAddress) -> Result<serde_json::Value, DriverError> {
         let net = self.network(&r.pool_id)?.clone();
-        let ip: Ipv4Addr = r.address.split('/').next().and_then(|a| a.parse().ok()).ok_or_else(|| invalid(format!("{:?} is not an IPv4 address", r.address)))?;
+        let ip = address_of(&r.address)?;
         if Some(ip) != crate::store::ipam::gateway(net.subnet) {
             self.call(Request::AddressRelease { network: net.name.clone(), ip }).await?;
         }
         Ok(serde_json::json!({}))
     }
+}
+
+/// The address of dockerd's `a.b.c.d/len` (or `a.b.c.d`).
+fn address_of(text: &str) -> Result<Ipv4Addr, DriverError> {
+    text.split('/').next().and_then(|a| a.parse().ok()).ok_or_else(|| invalid(format!("{text:?} is not an IPv4 address")))
 }
 
 /// Docker's IDs are 64 hex digits; logs show the 12 that `docker` shows.

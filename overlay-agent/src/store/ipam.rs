@@ -14,7 +14,7 @@ use super::{
     StoreError,
     keys::Keys,
     kv::{Cond, Kv, LeaseId, Txn, TxnOutcome},
-    registry::ClaimError,
+    registry::{ClaimError, holder_of},
 };
 
 /// The addresses that automatic allocation hands out, lowest first: every host address
@@ -58,14 +58,7 @@ pub async fn reserve_ip<K: Kv>(
         TxnOutcome::Applied => Ok(()),
         TxnOutcome::Failed { cond, current: Some(cur) } if cond.key() == key && cur.lease == lease => Ok(()),
         TxnOutcome::Failed { current, .. } => {
-            let holder = current.map_or_else(
-                || "someone who just left".to_owned(),
-                |c| match serde_json::from_slice::<crate::records::EndpointRecord>(&c.value) {
-                    Ok(e) => e.node,
-                    Err(_) => String::from_utf8_lossy(&c.value).into_owned(),
-                },
-            );
-            Err(ClaimError::IpTaken { ip, network: network.to_owned(), holder })
+            Err(ClaimError::IpTaken { ip, network: network.to_owned(), holder: holder_of(&current, keys) })
         }
     }
 }

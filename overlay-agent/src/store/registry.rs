@@ -48,7 +48,7 @@ pub enum Registered {
 }
 
 /// Who a key's value says holds it, for messages.
-fn holder_of(current: &Option<KeyValue>, keys: &Keys) -> String {
+pub(super) fn holder_of(current: &Option<KeyValue>, keys: &Keys) -> String {
     let Some(kv) = current else { return "someone who just left".into() };
     if let Ok(e) = serde_json::from_slice::<EndpointRecord>(&kv.value) {
         return e.node;
