@@ -22,7 +22,10 @@ use spec::{CniError, NetConf, SUPPORTED, code, version_tuple};
 fn main() -> std::process::ExitCode {
     // Under `ip netns exec` (tests, debugging), /sys is private: rejoin the host's mount
     // namespace so that CHECK reads the host's pins. Must run before any thread exists.
-    let _ = overlay_agent::bpffs::rejoin_host_mount_ns();
+    // Not fatal: only CHECK reads the pins, and it says so if it cannot.
+    if let Err(e) = overlay_agent::bpffs::rejoin_host_mount_ns() {
+        eprintln!("overlay-cni: finding the host's bpffs: {e}");
+    }
     let mut raw = Vec::new();
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     let read = std::io::stdin().read_to_end(&mut raw);

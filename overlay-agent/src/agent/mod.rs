@@ -264,11 +264,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     drop(api_rx);
     if let Some((task, stop)) = docker {
         // The socket file stays: dockerd retries until the next start binds it again.
-        stop_server(task, stop).await;
+        stop_server(task, stop, "the Docker plugin server").await;
     }
     match stop {
         Stop::Release => {
-            stop_server(server, server_stop).await;
+            stop_server(server, server_stop, "the control server").await;
             agent.save_state();
             remove_socket(&socket);
             agent.datapath.release();
@@ -284,19 +284,20 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             // The CLI may have gone away; nothing to do about it.
             let _client_gone = call.reply.send(response);
             // The reply is written before the runtime (and its connection task) ends.
-            stop_server(server, server_stop).await;
+            stop_server(server, server_stop, "the control server").await;
             result.map(drop).map_err(AgentError::from)
         }
     }
 }
 
-/// Stops the control server, letting open connections write their replies.
-async fn stop_server(server: tokio::task::JoinHandle<()>, stop: oneshot::Sender<()>) {
+/// Stops a server (`what`: the control server or the Docker plugin's), letting open
+/// connections write their replies.
+async fn stop_server(server: tokio::task::JoinHandle<()>, stop: oneshot::Sender<()>, what: &str) {
     if stop.send(()).is_err() {
-        debug!("the control server had already ended");
+        debug!("{what} had already ended");
     }
     if let Err(e) = server.await {
-        warn!(error = %e, "the control server task failed");
+        warn!(error = %e, "{what}: the task failed");
     }
 }
 
