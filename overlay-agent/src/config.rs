@@ -147,7 +147,33 @@ pub struct RawNetwork {
     pub udp_port: Option<u16>,
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// `l2` (one subnet stretched over every host) or `l3` (a node subnet per host,
+    /// routed).
+    #[serde(default)]
+    pub mode: NetworkMode,
+    /// L3: the length of each node's subnet carved out of `subnet` (default 24).
+    #[serde(default)]
+    pub node_prefix_len: Option<u8>,
+    /// L3: this host's node subnet, instead of one allocated from the store.
+    #[serde(default)]
+    pub node_subnet: Option<Ipv4Net>,
 }
+
+/// How a network spans hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// One L2 segment across every host: every container's MAC and IP in every host's
+    /// tables (the "big network" of seeds/003).
+    #[default]
+    L2,
+    /// A node subnet per host, routed between hosts (flannel's VXLAN backend): tables
+    /// grow with hosts, not containers.
+    L3,
+}
+
+/// The default `node_prefix_len` of an L3 network.
+pub const DEFAULT_NODE_PREFIX_LEN: u8 = 24;
 
 /// `[store]` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -224,6 +250,11 @@ pub struct Network {
     pub udp_port: u16,
     /// `None`: underlay MTU − 50, found at start-up.
     pub mtu: Option<u32>,
+    pub mode: NetworkMode,
+    /// L3 only: the length of every node subnet.
+    pub node_prefix_len: u8,
+    /// L3 only: this host's node subnet as configured (else allocated from the store).
+    pub node_subnet: Option<Ipv4Net>,
 }
 
 impl Network {
@@ -430,12 +461,35 @@ impl RawConfig {
             {
                 return Err(invalid(field("mtu"), format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}")));
             }
+            let node_prefix_len = n.node_prefix_len.unwrap_or(DEFAULT_NODE_PREFIX_LEN);
+            if n.mode == NetworkMode::L2 && (n.node_prefix_len.is_some() || n.node_subnet.is_some()) {
+                return Err(invalid(field("mode"), "node_prefix_len and node_subnet apply to mode = \"l3\" networks only"));
+            }
+            if n.mode == NetworkMode::L3 {
+                if node_prefix_len <= n.subnet.prefix_len() || node_prefix_len > 30 {
+                    return Err(invalid(
+                        field("node_prefix_len"),
+                        format!("{node_prefix_len} must be longer than the subnet's /{} and at most 30", n.subnet.prefix_len()),
+                    ));
+                }
+                if let Some(ns) = n.node_subnet
+                    && (ns.prefix_len() != node_prefix_len || !n.subnet.contains(&ns) || ns.network() != ns.addr())
+                {
+                    return Err(invalid(
+                        field("node_subnet"),
+                        format!("{ns} must be a /{node_prefix_len} inside {} without host bits", n.subnet),
+                    ));
+                }
+            }
             networks.push(Network {
                 name: n.name,
                 vni: n.vni,
                 subnet: n.subnet,
                 udp_port,
                 mtu: n.mtu,
+                mode: n.mode,
+                node_prefix_len,
+                node_subnet: n.node_subnet,
             });
         }
         if ports.len() > limits::MAX_UDP_PORTS {

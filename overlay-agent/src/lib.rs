@@ -9,6 +9,7 @@ pub mod config;
 pub mod datapath;
 pub mod desired;
 pub mod docker;
+pub mod firewall;
 pub mod mac;
 pub mod netlink;
 pub mod paths;

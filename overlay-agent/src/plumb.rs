@@ -65,6 +65,8 @@ pub struct PlugSpec {
     pub handoff: bool,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
+    /// The container's default route (an L3 network's gateway).
+    pub gateway: Option<Ipv4Addr>,
     pub mac: MacAddr,
     /// The container's MTU (underlay − 50).
     pub mtu: u32,
@@ -259,6 +261,11 @@ async fn configure(
         h.set_link(link.index, LinkChange { up: Some(true), ..Default::default() })
             .await
             .map_err(nl("bringing the container interface up"))?;
+        if let Some(gw) = spec2.gateway {
+            h.add_route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), Some(link.index))
+                .await
+                .map_err(nl("adding the container's default route"))?;
+        }
         Ok(())
     })
     .await?;

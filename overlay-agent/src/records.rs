@@ -45,6 +45,33 @@ pub struct StaticRecord {
     pub declared_by: String,
 }
 
+/// `subnets/<vni>/<net>-<len>`: the node subnet that `node` routes in an L3 network,
+/// under that node's lease. Containers on the node take their addresses from it; other
+/// hosts route it to the node's VTEP with `mac` (the node's router MAC, its VXLAN
+/// device's address in kernel mode) as the inner destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetRecord {
+    pub node: String,
+    pub network: String,
+    pub mac: MacAddr,
+    pub udp_port: u16,
+}
+
+/// `static-subnets/<vni>/<net>-<len>`: a subnet routed by a host that runs no agent
+/// (seeds/003's recipe by hand), declared with `overlay-agent remote add --subnet`.
+/// Under no lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticSubnetRecord {
+    pub network: String,
+    /// The MAC of that host's VXLAN device.
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+    pub udp_port: u16,
+    pub declared_by: String,
+}
+
 /// Why a record read from the store was not applied.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -114,6 +141,31 @@ impl StaticRecord {
     }
 }
 
+impl SubnetRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let r: SubnetRecord = serde_json::from_slice(bytes)?;
+        check_mac(r.mac)?;
+        if r.udp_port == 0 {
+            return Err(RecordError::ZeroPort);
+        }
+        Ok(r)
+    }
+}
+
+impl StaticSubnetRecord {
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let r: StaticSubnetRecord = serde_json::from_slice(bytes)?;
+        if !is_unicast(r.vtep) {
+            return Err(RecordError::NotUnicast { what: "VTEP", value: r.vtep });
+        }
+        check_mac(r.mac)?;
+        if r.udp_port == 0 {
+            return Err(RecordError::ZeroPort);
+        }
+        Ok(r)
+    }
+}
+
 /// JSON of a record (never fails for these types: plain fields only).
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).unwrap_or_else(|e| unreachable!("records of plain fields always encode: {e}"))
@@ -139,5 +191,10 @@ mod tests {
         assert!(NodeRecord::decode("h1", &encode(&mcast)).is_err());
         let st = StaticRecord { network: "blue".into(), mac: ep.mac, vtep: Ipv4Addr::new(127, 0, 0, 1), udp_port: 4789, declared_by: "h1".into() };
         assert!(StaticRecord::decode(ip, &encode(&st)).is_err(), "loopback VTEP");
+        let sub = SubnetRecord { node: "h1".into(), network: "routed".into(), mac: ep.mac, udp_port: 4789 };
+        assert_eq!(SubnetRecord::decode(&encode(&sub)).unwrap(), sub);
+        assert!(SubnetRecord::decode(&encode(&SubnetRecord { udp_port: 0, ..sub.clone() })).is_err());
+        let ss = StaticSubnetRecord { network: "routed".into(), mac: ep.mac, vtep: Ipv4Addr::BROADCAST, udp_port: 4789, declared_by: "h1".into() };
+        assert!(StaticSubnetRecord::decode(&encode(&ss)).is_err(), "broadcast VTEP");
     }
 }

@@ -81,6 +81,9 @@ pub struct AgentState {
     /// 6.6): `down` removes it, and only then.
     #[serde(default)]
     pub clsact_added: bool,
+    /// The node subnet of each L3 network (by VNI), tried first at the next start.
+    #[serde(default)]
+    pub node_subnets: std::collections::BTreeMap<u32, ipnet::Ipv4Net>,
 }
 
 impl AgentState {
@@ -94,6 +97,7 @@ impl AgentState {
             endpoints: Vec::new(),
             pending_withdrawals: Vec::new(),
             clsact_added: false,
+            node_subnets: Default::default(),
         }
     }
 }

@@ -23,8 +23,9 @@ pub mod maps {
     pub const STATS: &str = "OVL_STATS";
     pub const PROBE: &str = "OVL_PROBE";
     pub const FLOOD: &str = "OVL_FLOOD";
+    pub const ROUTES: &str = "OVL_ROUTES";
     /// Every map the agent pins, in dump order.
-    pub const ALL: [&str; 7] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, CONFIG, STATS];
+    pub const ALL: [&str; 8] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, ROUTES, CONFIG, STATS];
     /// The layout of every map's key and value, and what they mean. Pins live under
     /// `maps/v<LAYOUT_VERSION>/`: bump this whenever a map type below changes, so that
     /// an upgraded agent builds new maps (filled before its programs take over) instead
@@ -54,6 +55,9 @@ pub mod limits {
     pub const MAX_NEIGH: u32 = 65_536;
     pub const MAX_FDB: u32 = 65_536;
     pub const MAX_LOCAL_ENDPOINTS: u32 = 4_096;
+    /// Node subnets (routes of L3 networks) across all networks: they grow with hosts,
+    /// not containers.
+    pub const MAX_ROUTES: u32 = 16_384;
     /// Defaults of `[datapath] neigh_capacity`, `fdb_capacity`, `endpoint_capacity`.
     pub const DEFAULT_NEIGH: u32 = 65_536;
     pub const DEFAULT_FDB: u32 = 65_536;
@@ -134,6 +138,10 @@ impl FdbKey {
 pub const FDB_LOCAL: u32 = 1;
 /// [`FdbValue::kind`]: a container behind the VTEP `vtep`, reached over VXLAN.
 pub const FDB_REMOTE: u32 = 2;
+/// [`FdbValue::kind`]: this host's router MAC in an L3 network (the containers' gateway,
+/// and the inner destination other hosts send routed frames to): the frame is routed by
+/// its IPv4 destination (`OVL_ROUTES`, then the local endpoints).
+pub const FDB_ROUTER: u32 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -158,6 +166,34 @@ pub struct EndpointValue {
     pub ip: [u8; 4],
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+}
+
+/// The data of an `OVL_ROUTES` key (an LPM trie): the prefix length counts from the first
+/// bit of `vni_be`, so a route for `ip/len` in network `vni` has prefix length `32 + len`
+/// and never matches another network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// The VNI, network byte order (so the trie's bit order is the VNI's).
+    pub vni_be: [u8; 4],
+    pub ip: [u8; 4],
+}
+
+impl RouteKey {
+    /// Bits of the VNI in front of the address: add to the subnet's prefix length.
+    pub const VNI_BITS: u32 = 32;
+}
+
+/// A remote node subnet in an L3 network: the node's VTEP, and the MAC its routed
+/// frames must carry as inner destination (that node's router MAC, which a plain Linux
+/// host has as its VXLAN device's address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteValue {
+    pub vtep: [u8; 4],
+    pub mac: [u8; 6],
+    /// The VXLAN UDP destination port, network byte order.
+    pub udp_port_be: u16,
 }
 
 /// A network this host serves, keyed by VNI (`u32` key).
@@ -284,6 +320,8 @@ mod pod {
     unsafe impl aya::Pod for StatsValue {}
     unsafe impl aya::Pod for ProbeArgs {}
     unsafe impl aya::Pod for FloodValue {}
+    unsafe impl aya::Pod for RouteKey {}
+    unsafe impl aya::Pod for RouteValue {}
 }
 
 #[cfg(test)]
@@ -303,6 +341,8 @@ mod tests {
         assert_eq!(size_of::<StatsValue>(), 16);
         assert_eq!(size_of::<ProbeArgs>(), 32);
         assert_eq!(size_of::<FloodValue>(), 8 + 4 * limits::MAX_FLOOD_PORTS);
+        assert_eq!(size_of::<RouteKey>(), 8);
+        assert_eq!(size_of::<RouteValue>(), 12);
     }
 
     #[test]

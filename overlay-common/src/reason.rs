@@ -41,6 +41,10 @@ pub enum Reason {
     /// Broadcast/multicast replicated to the network's other local endpoints and (from
     /// a container) to every remote VTEP through the network's VXLAN device.
     Flooded = 5,
+    /// Routed (L3 network) to another container on this host: Ethernet header rewritten
+    /// as a router does, TTL decremented. Routed frames to another host count as
+    /// [`Reason::Encapsulated`], routed frames from another host as [`Reason::Decapsulated`].
+    Routed = 6,
     /// Not a verdict, and never counted by a normal build: the upgrade-test variant of
     /// the programs (overlay-ebpf's `upgrade-test-variant` feature) counts every packet
     /// here as well as under its real reason, so a test can see which build's programs
@@ -88,6 +92,14 @@ pub enum Reason {
     /// VXLAN to our port whose VNI is served but whose inner destination is a remote
     /// endpoint (we never forward VXLAN to VXLAN).
     NotLocalDestination = 45,
+    /// A frame to the router MAC (L3 network) that is not IPv4, or is an IPv4 packet
+    /// with options or shorter than its header.
+    RouteNotIpv4 = 46,
+    /// Routed to an address with no route: no node subnet of the network holds it and no
+    /// local endpoint has it.
+    NoRoute = 47,
+    /// Routed with TTL 1 or 0: a router must not forward it (RFC 791, RFC 1812 5.3.1).
+    TtlExceeded = 48,
 }
 
 /// How a reason ended for the packet.
@@ -99,12 +111,13 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 28] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
         Reason::Decapsulated,
         Reason::Flooded,
+        Reason::Routed,
         Reason::UpgradeTestMarker,
         Reason::PassNotOverlay,
         Reason::PassFragment,
@@ -124,6 +137,9 @@ impl Reason {
         Reason::RedirectFailed,
         Reason::StoreFailed,
         Reason::NotLocalDestination,
+        Reason::RouteNotIpv4,
+        Reason::NoRoute,
+        Reason::TtlExceeded,
     ];
 
     pub const fn kind(self) -> ReasonKind {
@@ -141,6 +157,7 @@ impl Reason {
             3 => Reason::ArpReplied,
             4 => Reason::Decapsulated,
             5 => Reason::Flooded,
+            6 => Reason::Routed,
             15 => Reason::UpgradeTestMarker,
             16 => Reason::PassNotOverlay,
             17 => Reason::PassFragment,
@@ -160,6 +177,9 @@ impl Reason {
             43 => Reason::RedirectFailed,
             44 => Reason::StoreFailed,
             45 => Reason::NotLocalDestination,
+            46 => Reason::RouteNotIpv4,
+            47 => Reason::NoRoute,
+            48 => Reason::TtlExceeded,
             _ => return None,
         })
     }
@@ -172,6 +192,7 @@ impl Reason {
             Reason::ArpReplied => "arp-replied",
             Reason::Decapsulated => "decapsulated",
             Reason::Flooded => "flooded",
+            Reason::Routed => "routed",
             Reason::UpgradeTestMarker => "upgrade-test-marker",
             Reason::PassNotOverlay => "pass-not-overlay",
             Reason::PassFragment => "pass-fragment",
@@ -191,6 +212,9 @@ impl Reason {
             Reason::RedirectFailed => "redirect-failed",
             Reason::StoreFailed => "store-failed",
             Reason::NotLocalDestination => "not-local-destination",
+            Reason::RouteNotIpv4 => "route-not-ipv4",
+            Reason::NoRoute => "no-route",
+            Reason::TtlExceeded => "ttl-exceeded",
         }
     }
 }

@@ -1,14 +1,15 @@
 //! `ovl_from_container`: everything a container sends. ARP is answered, unicast goes to
-//! the container or remote VTEP the FDB names, and nothing else leaves.
+//! the container or remote VTEP the FDB names (or is routed, in an L3 network, when it
+//! is addressed to the router MAC), and nothing else leaves.
 
 use aya_ebpf::programs::TcContext;
 use network_types::eth::{EthHdr, EtherType};
-use overlay_common::{FDB_LOCAL, FDB_REMOTE, FdbKey, Reason};
+use overlay_common::{FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason};
 
 use crate::{
     arp, config, encap, flood,
     parse::{self, is_group_mac, ptr_at},
-    redirect,
+    redirect, route,
     stats::Outcome,
 };
 
@@ -60,6 +61,8 @@ pub fn try_from_container(ctx: &TcContext) -> Outcome {
             redirect::to_underlay(config.underlay_ifindex)?;
             Ok(Reason::Encapsulated)
         }
+        // This host's router in an L3 network: routed by the IPv4 destination.
+        FDB_ROUTER => route::from_container(ctx, config, endpoint.vni, &eth, eth.dst_addr),
         _ => Err(Reason::UnknownDestination),
     }
 }

@@ -21,18 +21,19 @@ mod flood;
 mod parse;
 mod probe;
 mod redirect;
+mod route;
 mod stats;
 mod underlay;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     macros::{classifier, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
 };
 use overlay_common::{
     DatapathConfig, Direction, EndpointValue, FdbKey, FdbValue, FloodValue, NeighKey, NeighValue, NetworkValue,
-    ProbeArgs, STATS_ENTRIES, StatsValue, limits, maps, programs,
+    ProbeArgs, RouteKey, RouteValue, STATS_ENTRIES, StatsValue, limits, maps, programs,
 };
 
 // Maps. No pinning flag: the agent pins them itself under its own bpffs directory. The
@@ -59,6 +60,10 @@ static OVL_NETWORKS: HashMap<u32, NetworkValue> =
 /// Broadcast/multicast replication per network, keyed by VNI (see `flood`).
 #[map]
 static OVL_FLOOD: HashMap<u32, FloodValue> = HashMap::with_max_entries(limits::MAX_NETWORKS, 0);
+
+/// Node subnets of L3 networks on other hosts, by (VNI, prefix): see `route`.
+#[map]
+static OVL_ROUTES: LpmTrie<RouteKey, RouteValue> = LpmTrie::with_max_entries(limits::MAX_ROUTES, 0);
 
 /// Host-wide settings, index 0 only.
 #[map]
@@ -132,6 +137,7 @@ assert_named! {
     OVL_NEIGH = maps::NEIGH;
     OVL_FDB = maps::FDB;
     OVL_FLOOD = maps::FLOOD;
+    OVL_ROUTES = maps::ROUTES;
     OVL_ENDPOINTS = maps::ENDPOINTS;
     OVL_NETWORKS = maps::NETWORKS;
     OVL_CONFIG = maps::CONFIG;

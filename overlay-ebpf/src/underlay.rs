@@ -8,7 +8,7 @@ use network_types::{
     udp::UdpHdr,
     vxlan::VxlanHdr,
 };
-use overlay_common::{DatapathConfig, FDB_LOCAL, FDB_REMOTE, FdbKey, Reason, vxlan};
+use overlay_common::{DatapathConfig, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason, vxlan};
 
 use crate::{
     config, decap, flood,
@@ -16,7 +16,7 @@ use crate::{
         self, INNER_ETH_OFF, IP_FLAG_MF, IPV4_VERSION, OUTER_IP_OFF, OUTER_UDP_END, OUTER_UDP_OFF,
         VXLAN_OFF, VxlanFrame, is_group_mac, ptr_at,
     },
-    redirect,
+    redirect, route,
     stats::Outcome,
 };
 
@@ -109,6 +109,12 @@ pub fn try_from_underlay(ctx: &TcContext) -> Outcome {
     let (kind, ifindex) = (fdb.kind, fdb.ifindex);
     match kind {
         FDB_LOCAL => {}
+        // Routed to this host's router MAC (L3 network): delivered by inner IPv4
+        // destination to a local container.
+        FDB_ROUTER => {
+            decap::decapsulate(ctx, config)?;
+            return route::from_underlay(ctx, vni, inner_type, inner_dst);
+        }
         // Never VXLAN to VXLAN: this host is not a relay.
         FDB_REMOTE => return Err(Reason::NotLocalDestination),
         _ => return Err(Reason::UnknownDestination),

@@ -112,7 +112,7 @@ pub struct Topology {
 /// The network that holds preloaded endpoints (`--preload`): served by both agents
 /// next to [`BLUE`], so the maps the measured traffic looks up hold the preloaded
 /// entries while the containers' own network and addresses stay as without preload.
-pub const PRELOAD: NetworkDef = NetworkDef { name: "preload", vni: 4242, subnet: "10.64.0.0/12" };
+pub const PRELOAD: NetworkDef = NetworkDef { name: "preload", vni: 4242, subnet: "10.64.0.0/12", l3: None };
 /// The most endpoints `--preload` takes (the agent's largest map, with room to spare).
 pub const MAX_PRELOAD: usize = 800_000;
 /// How long agents may take to load preloaded endpoints (debug builds, two at once).

@@ -30,10 +30,17 @@ pub struct NetworkDef {
     pub name: &'static str,
     pub vni: u32,
     pub subnet: &'static str,
+    /// `Some(node_prefix_len)`: an L3 network (`mode = "l3"`), each host routing a
+    /// node subnet of that length; `None`: L2.
+    pub l3: Option<u8>,
 }
 
-pub const BLUE: NetworkDef = NetworkDef { name: "blue", vni: 42, subnet: "10.0.10.0/24" };
-pub const RED: NetworkDef = NetworkDef { name: "red", vni: 43, subnet: "10.0.20.0/24" };
+pub const BLUE: NetworkDef = NetworkDef { name: "blue", vni: 42, subnet: "10.0.10.0/24", l3: None };
+pub const RED: NetworkDef = NetworkDef { name: "red", vni: 43, subnet: "10.0.20.0/24", l3: None };
+/// An L3 network: a /24 per host out of 10.50.0.0/16.
+pub const ROUTED: NetworkDef = NetworkDef { name: "routed", vni: 50, subnet: "10.50.0.0/16", l3: Some(24) };
+/// A second L3 network, for isolation.
+pub const ROUTED2: NetworkDef = NetworkDef { name: "routed2", vni: 51, subnet: "10.51.0.0/16", l3: Some(24) };
 
 /// Root of every lab's pins; `cargo xtask test` removes leftovers of crashed runs.
 pub const BPFFS_ROOT_PREFIX: &str = "/sys/fs/bpf/overlay-test-";
@@ -216,7 +223,11 @@ impl Lab {
             bpf = bpffs_dir.display(),
         );
         for n in &self.networks {
-            text += &format!("[[network]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n\n", n.name, n.vni, n.subnet);
+            text += &format!("[[network]]\nname = \"{}\"\nvni = {}\nsubnet = \"{}\"\n", n.name, n.vni, n.subnet);
+            if let Some(len) = n.l3 {
+                text += &format!("mode = \"l3\"\nnode_prefix_len = {len}\n");
+            }
+            text += "\n";
         }
         let ttl = self.options.lease_ttl_s;
         match &self.options.store {

@@ -15,7 +15,7 @@ use integration_tests::{
 use overlay_agent::mac::MacAddr;
 
 /// A network with room for five containers (.2 to .6; .1 is the gateway's).
-const TINY: NetworkDef = NetworkDef { name: "tiny", vni: 44, subnet: "10.0.30.0/29" };
+const TINY: NetworkDef = NetworkDef { name: "tiny", vni: 44, subnet: "10.0.30.0/29", l3: None };
 /// Endpoints each host adds in the race.
 const PER_HOST: usize = 6;
 const TTL: u64 = 4;

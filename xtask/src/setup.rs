@@ -47,6 +47,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     // host-local, the IPAM plugin the CNI tests delegate to.
     "containernetworking-plugins",
+    // `nft`: the agent's own nftables table (kernel-mode L3 networks' isolation).
+    "nftables",
 ];
 
 /// Debian's Rust toolchain, which builds the eBPF crate.

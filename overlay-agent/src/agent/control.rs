@@ -149,6 +149,7 @@ impl Agent {
                 }
             }
         }
+        self.publish_subnets().await?;
         let keys: Vec<_> = self.local.keys().copied().collect();
         for key in keys {
             let Some(l) = self.local.get(&key) else { continue };

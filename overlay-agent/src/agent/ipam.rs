@@ -58,7 +58,8 @@ impl Agent {
         self.store_ready()?;
         let ip = self.reserve_address(&net, ip).await?;
         info!(network, %ip, "address reserved");
-        Ok(AddressInfo { network: net.name, ip, prefix_len: net.subnet.prefix_len(), gateway: ipam::gateway(net.subnet) })
+        let pool = self.pool(&net);
+        Ok(AddressInfo { network: net.name, ip, prefix_len: pool.prefix_len(), gateway: ipam::gateway(pool) })
     }
 
     /// `address release`: ends this node's reservation of `ip` (fine if there is none).
@@ -100,7 +101,8 @@ impl Agent {
         let reserved: HashSet<Ipv4Addr> =
             self.store_write(|| async { Ok(ipam::reserved(&kv, &keys, net.vni).await?) }).await?.into_iter().collect();
         let mut tries = 0;
-        for ip in ipam::candidates(net.subnet) {
+        let pool = self.pool(net);
+        for ip in ipam::candidates(pool) {
             if reserved.contains(&ip)
                 || self.desired.holder(net.vni, ip, MacAddr::from_ipv4(ip)).is_some_and(|(same_ip, _)| same_ip || mac_follows)
             {
@@ -121,6 +123,6 @@ impl Agent {
                 return Err(RequestError::AllocationRaced { network: net.name.clone(), tries });
             }
         }
-        Err(RequestError::SubnetFull { network: net.name.clone(), subnet: net.subnet, capacity: ipam::capacity(net.subnet) })
+        Err(RequestError::SubnetFull { network: net.name.clone(), subnet: pool, capacity: ipam::capacity(pool) })
     }
 }

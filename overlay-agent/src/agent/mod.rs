@@ -20,6 +20,7 @@ mod control;
 mod ipam;
 mod requests;
 mod startup;
+mod subnets;
 pub mod teardown;
 
 use std::{
@@ -86,6 +87,11 @@ pub enum AgentError {
     Claim(#[source] crate::store::registry::ClaimError),
     #[error("the Docker plugin's state: {0}")]
     Docker(#[source] crate::docker::state::DockerStateError),
+    #[error(
+        "network {network} is an L3 network and this node has no subnet in it yet, but the store is unreachable: \
+         start again once the store answers, or set network.node_subnet"
+    )]
+    NoNodeSubnet { network: String },
 }
 
 /// A container this agent plugged in.
@@ -318,6 +324,7 @@ impl Agent {
         s.endpoints = self.local.values().map(|l| l.record.clone()).collect();
         s.pending_withdrawals.clone_from(&self.pending_withdrawals);
         s.clsact_added = self.clsact_added();
+        s.node_subnets = self.config.networks.iter().filter_map(|n| Some((n.vni, self.desired.router(n.vni)?.subnet))).collect();
         s
     }
 

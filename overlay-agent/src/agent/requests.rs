@@ -43,7 +43,7 @@ pub enum RequestError {
     UnknownNetwork { name: String, known: String },
     #[error("{ip} is not inside network {network}'s subnet {subnet}")]
     OutsideSubnet { ip: Ipv4Addr, network: String, subnet: ipnet::Ipv4Net },
-    #[error("{ip} is the network or broadcast address of {subnet}")]
+    #[error("{ip} is the network or broadcast address of {subnet}, or its gateway")]
     ReservedAddress { ip: Ipv4Addr, subnet: ipnet::Ipv4Net },
     #[error("IP {ip} is already used in network {network} (node {node})")]
     DuplicateIp { ip: Ipv4Addr, network: String, node: String },
@@ -75,6 +75,17 @@ pub enum RequestError {
     NotSynced,
     #[error("the agent has not reached the store ({store}) yet; retry in a moment (`overlay-agent status` shows the store)")]
     StoreConnecting { store: String },
+    #[error(
+        "network {network} is an L3 network: a host without an agent joins it with its subnet \
+         (`overlay-agent remote add --network {network} --subnet SUBNET --vtep VTEP --mac MAC`)"
+    )]
+    StaticInL3 { network: String },
+    #[error("network {network} is an L2 network: `remote add --subnet` is for L3 networks (mode = \"l3\"); declare endpoints with --ip")]
+    SubnetInL2 { network: String },
+    #[error("subnet {subnet} is not inside network {network}'s subnet {cluster}, or has host bits set")]
+    SubnetOutside { subnet: ipnet::Ipv4Net, network: String, cluster: ipnet::Ipv4Net },
+    #[error("no static subnet {subnet} in network {network} (see `overlay-agent status`)")]
+    NoSuchSubnet { subnet: ipnet::Ipv4Net, network: String },
     #[error(transparent)]
     Claim(#[from] ClaimError),
     #[error(transparent)]
@@ -88,7 +99,8 @@ pub enum RequestError {
 impl RequestError {
     /// The kind clients act on, if it is one.
     fn kind(&self) -> Option<ErrorKind> {
-        matches!(self, RequestError::NoSuchEndpoint { .. } | RequestError::NoSuchStatic { .. }).then_some(ErrorKind::NotFound)
+        matches!(self, RequestError::NoSuchEndpoint { .. } | RequestError::NoSuchStatic { .. } | RequestError::NoSuchSubnet { .. })
+            .then_some(ErrorKind::NotFound)
     }
 }
 
@@ -135,6 +147,8 @@ impl Agent {
                 self.release(&network, ip).await.map_or_else(err, |released| Response::Released { released })
             }
             Request::RemoteDel { network, ip } => self.del_static(&network, ip).await.map_or_else(err, Response::Deleted),
+            Request::SubnetAdd(spec) => self.add_static_subnet(spec).await.map_or_else(err, Response::Subnet),
+            Request::SubnetDel { network, subnet } => self.del_static_subnet(&network, subnet).await.map_or_else(err, Response::Subnet),
             Request::Status => Response::Status(self.status()),
             // Handled by the main loop, which stops after it.
             Request::Down => Response::error("down is handled by the main loop"),
@@ -179,6 +193,12 @@ impl Agent {
     }
 
     /// The network this agent serves under `name`.
+    /// Where this node's containers of `net` take their addresses: its node subnet in
+    /// an L3 network, the network's subnet in an L2 one.
+    pub(super) fn pool(&self, net: &crate::config::Network) -> ipnet::Ipv4Net {
+        self.desired.router(net.vni).map_or(net.subnet, |r| r.subnet)
+    }
+
     pub(super) fn network_named(&self, name: &str) -> Result<crate::config::Network, RequestError> {
         self.config.network(name).cloned().ok_or_else(|| RequestError::UnknownNetwork {
             name: name.to_string(),
@@ -189,11 +209,13 @@ impl Agent {
     /// The checks every new endpoint (local or static) must pass, before anything changes.
     pub(super) fn check_new(&self, network: &str, ip: Ipv4Addr, mac: MacAddr) -> Result<crate::config::Network, RequestError> {
         let net = self.network_named(network)?;
-        if !net.subnet.contains(&ip) {
-            return Err(RequestError::OutsideSubnet { ip, network: net.name, subnet: net.subnet });
+        let pool = self.pool(&net);
+        if !pool.contains(&ip) {
+            return Err(RequestError::OutsideSubnet { ip, network: net.name, subnet: pool });
         }
-        if ip == net.subnet.network() || ip == net.subnet.broadcast() {
-            return Err(RequestError::ReservedAddress { ip, subnet: net.subnet });
+        let router = self.desired.router(net.vni).map(|r| r.gateway);
+        if ip == pool.network() || ip == pool.broadcast() || Some(ip) == router {
+            return Err(RequestError::ReservedAddress { ip, subnet: pool });
         }
         check_mac(mac)?;
         // A friendly early answer; the store's transaction has the last word.
@@ -236,7 +258,8 @@ impl Agent {
             ifname: ifname.clone(),
             handoff: spec.handoff,
             ip,
-            prefix_len: net.subnet.prefix_len(),
+            prefix_len: self.pool(&net).prefix_len(),
+            gateway: self.desired.router(net.vni).map(|r| r.gateway),
             mac,
             mtu: net.effective_mtu(self.underlay_mtu),
             host_mtu: self.underlay_mtu,
@@ -335,6 +358,10 @@ impl Agent {
     }
 
     async fn add_static(&mut self, spec: RemoteSpec) -> Result<EndpointInfo, RequestError> {
+        let net = self.network_named(&spec.network)?;
+        if net.mode == crate::config::NetworkMode::L3 {
+            return Err(RequestError::StaticInL3 { network: net.name });
+        }
         let net = self.check_new(&spec.network, spec.ip, spec.mac)?;
         let v = spec.vtep;
         if v == self.vtep || !is_unicast(v) {
@@ -453,8 +480,13 @@ impl Agent {
                     mtu: n.effective_mtu(self.underlay_mtu),
                     local_endpoints: self.local.keys().filter(|(vni, _)| *vni == n.vni).count(),
                     remote_endpoints: self.desired.remote_count(n.vni),
+                    mode: n.mode,
+                    node_subnet: self.desired.router(n.vni).map(|r| r.subnet),
+                    gateway: self.desired.router(n.vni).map(|r| r.gateway),
+                    router_mac: self.desired.router(n.vni).map(|r| r.mac),
                 })
                 .collect(),
+            subnets: self.subnet_infos(),
             peers: self
                 .desired
                 .peers()

@@ -65,7 +65,7 @@ async fn check_host(config: &Config, host: &Netlink) -> Result<HostFacts, AgentE
         if mtu < 576 {
             return Err(AgentError::MtuTooSmall { network: n.name.clone(), mtu });
         }
-        networks.push(NetSpec { vni: n.vni, udp_port: n.udp_port, mtu });
+        networks.push(NetSpec { vni: n.vni, udp_port: n.udp_port, mtu, router: None });
     }
     Ok(HostFacts { underlay, vtep, networks })
 }
@@ -161,10 +161,15 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
         vtep: facts.vtep,
         version: env!("CARGO_PKG_VERSION").into(),
     };
-    let lease = super::control::register_early(&kv, &keys, &record, saved_lease, config.store.lease_ttl)
+    let early = super::control::register_early(&kv, &keys, &record, saved_lease, config.store.lease_ttl)
         .await
-        .map_err(AgentError::Claim)?
-        .unwrap_or(saved_lease);
+        .map_err(AgentError::Claim)?;
+    let lease = early.unwrap_or(saved_lease);
+    let routers = super::subnets::acquire(&config, &kv, &keys, early, saved.as_ref()).await?;
+    let mut facts = facts;
+    for spec in &mut facts.networks {
+        spec.router = routers.get(&spec.vni).copied();
+    }
     let settings = EbpfSettings {
         vtep: facts.vtep,
         underlay_ifindex: facts.underlay.index,
@@ -201,6 +206,9 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
 
     let served = config.networks.iter().map(|n| (n.vni, n.udp_port)).collect();
     let mut desired = Desired::new(&config.node_name, served);
+    for (&vni, &r) in &routers {
+        desired.set_router(vni, r);
+    }
     let mut local = BTreeMap::new();
     for l in locals {
         if config.network_by_vni(l.record.vni).is_none() {

@@ -33,6 +33,8 @@ pub enum TeardownFailure {
     Ebpf(#[source] ebpf::EbpfError),
     #[error("removing the network devices: {0}")]
     Devices(#[source] devices::DeviceError),
+    #[error("removing the agent's nftables table: {0}")]
+    Firewall(#[source] crate::firewall::FirewallError),
     #[error("deleting the veth {name}: {source}")]
     Veth {
         name: String,
@@ -173,6 +175,10 @@ pub async fn down_offline(config: &Config) -> Result<Vec<String>, TeardownError>
     match devices::remove_named(&nl, vnis).await {
         Ok(()) => removed.push("the networks' bridges and VXLAN devices".into()),
         Err(e) => failures.push(TeardownFailure::Devices(e)),
+    }
+    match crate::firewall::remove() {
+        Ok(_) => {}
+        Err(e) => failures.push(TeardownFailure::Firewall(e)),
     }
     match state::remove(&config.state_dir) {
         Ok(()) => {}

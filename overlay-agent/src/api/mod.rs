@@ -54,6 +54,29 @@ pub struct RemoteSpec {
     pub vtep: Ipv4Addr,
 }
 
+/// `remote add --subnet`: a subnet of an L3 network behind a host that runs no agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetSpec {
+    pub network: String,
+    pub subnet: Ipv4Net,
+    /// The MAC of that host's VXLAN device (its routed frames' inner destination).
+    pub mac: MacAddr,
+    pub vtep: Ipv4Addr,
+}
+
+/// A node subnet of an L3 network, as `status` and `remote add --subnet` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetInfo {
+    pub network: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// The node routing it, or `static (<vtep>)` for a host without an agent.
+    pub node: String,
+    /// Its router MAC: what routed frames carry as inner destination, and the MAC a
+    /// hand-configured host gives its neighbour entry for the node's address.
+    pub mac: MacAddr,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
@@ -62,6 +85,9 @@ pub enum Request {
     EndpointList,
     RemoteAdd(RemoteSpec),
     RemoteDel { network: String, ip: Ipv4Addr },
+    /// A subnet of an L3 network routed by a host without an agent (`remote add --subnet`).
+    SubnetAdd(SubnetSpec),
+    SubnetDel { network: String, subnet: Ipv4Net },
     /// Reserve an address (the one given, or the lowest free one) for an endpoint to come.
     AddressReserve { network: String, ip: Option<Ipv4Addr> },
     /// Release a reservation of this node (fine if there is none).
@@ -128,6 +154,16 @@ pub struct NetworkInfo {
     pub mtu: u32,
     pub local_endpoints: usize,
     pub remote_endpoints: usize,
+    /// `l2` or `l3`.
+    #[serde(default)]
+    pub mode: crate::config::NetworkMode,
+    /// L3: this node's subnet, its gateway address and its router MAC.
+    #[serde(default)]
+    pub node_subnet: Option<Ipv4Net>,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub router_mac: Option<MacAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +209,9 @@ pub struct StatusInfo {
     pub store: StoreInfo,
     pub networks: Vec<NetworkInfo>,
     pub peers: Vec<PeerInfo>,
+    /// Node subnets of the L3 networks, this node's included.
+    #[serde(default)]
+    pub subnets: Vec<SubnetInfo>,
     pub uptime_secs: u64,
 }
 
@@ -183,6 +222,7 @@ pub enum Response {
     Deleted(EndpointInfo),
     Endpoints { endpoints: Vec<EndpointInfo> },
     Address(AddressInfo),
+    Subnet(SubnetInfo),
     Released { released: bool },
     Status(StatusInfo),
     /// `down` is done: the agent removed everything and exits.

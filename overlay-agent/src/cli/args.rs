@@ -88,10 +88,23 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
-    /// Add a static endpoint: every agent serving the network forwards to it.
+    /// Add a static endpoint (L2 network, --ip) or a host's subnet (L3 network, --subnet)
+    /// behind a VTEP without an agent: every agent serving the network forwards to it.
     Add(RemoteAddArgs),
-    /// Remove a static endpoint.
-    Del(EndpointDelArgs),
+    /// Remove a static endpoint (--ip) or subnet (--subnet).
+    Del(RemoteDelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteDelArgs {
+    #[arg(long)]
+    pub network: String,
+    #[arg(long, required_unless_present = "subnet", conflicts_with = "subnet")]
+    pub ip: Option<Ipv4Addr>,
+    #[arg(long)]
+    pub subnet: Option<ipnet::Ipv4Net>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -99,10 +112,13 @@ pub struct RemoteAddArgs {
     /// Network name from the config.
     #[arg(long)]
     pub network: String,
-    /// The endpoint's IPv4 address (inside the network's subnet).
+    /// The endpoint's IPv4 address (inside the network's subnet; L2 networks).
+    #[arg(long, required_unless_present = "subnet", conflicts_with = "subnet")]
+    pub ip: Option<Ipv4Addr>,
+    /// The subnet the host routes (L3 networks), e.g. 10.244.9.0/24.
     #[arg(long)]
-    pub ip: Ipv4Addr,
-    /// The endpoint's MAC.
+    pub subnet: Option<ipnet::Ipv4Net>,
+    /// The endpoint's MAC, or with --subnet the MAC of the host's VXLAN device.
     #[arg(long)]
     pub mac: MacAddr,
     /// The VTEP (underlay address) it sits behind.

@@ -3,11 +3,11 @@
 use anyhow::Result;
 
 use super::{
-    args::{EndpointAddArgs, EndpointDelArgs, OutputArgs, RemoteAddArgs},
+    args::{EndpointAddArgs, EndpointDelArgs, OutputArgs, RemoteAddArgs, RemoteDelArgs},
     render::{call, json, table, unexpected},
 };
 use crate::{
-    api::{EndpointInfo, EndpointSpec, RemoteSpec, Request, Response},
+    api::{EndpointInfo, EndpointSpec, RemoteSpec, Request, Response, SubnetInfo, SubnetSpec},
     config::Config,
 };
 
@@ -35,18 +35,37 @@ pub fn del(config: &Config, a: EndpointDelArgs) -> Result<()> {
 }
 
 pub fn remote_add(config: &Config, a: RemoteAddArgs) -> Result<()> {
-    let req = Request::RemoteAdd(RemoteSpec { network: a.network, ip: a.ip, mac: a.mac, vtep: a.vtep });
+    let req = match (a.ip, a.subnet) {
+        (_, Some(subnet)) => Request::SubnetAdd(SubnetSpec { network: a.network, subnet, mac: a.mac, vtep: a.vtep }),
+        (Some(ip), None) => Request::RemoteAdd(RemoteSpec { network: a.network, ip, mac: a.mac, vtep: a.vtep }),
+        (None, None) => anyhow::bail!("give --ip (L2 network) or --subnet (L3 network)"),
+    };
     match call(config, &req)? {
         Response::Endpoint(info) => show_one(&info, a.output, "added"),
+        Response::Subnet(info) => show_subnet(&info, a.output, "added"),
         other => Err(unexpected(&other)),
     }
 }
 
-pub fn remote_del(config: &Config, a: EndpointDelArgs) -> Result<()> {
-    match call(config, &Request::RemoteDel { network: a.network, ip: a.ip })? {
+pub fn remote_del(config: &Config, a: RemoteDelArgs) -> Result<()> {
+    let req = match (a.ip, a.subnet) {
+        (_, Some(subnet)) => Request::SubnetDel { network: a.network, subnet },
+        (Some(ip), None) => Request::RemoteDel { network: a.network, ip },
+        (None, None) => anyhow::bail!("give --ip (L2 network) or --subnet (L3 network)"),
+    };
+    match call(config, &req)? {
         Response::Deleted(info) => show_one(&info, a.output, "deleted"),
+        Response::Subnet(info) => show_subnet(&info, a.output, "deleted"),
         other => Err(unexpected(&other)),
     }
+}
+
+fn show_subnet(info: &SubnetInfo, out: OutputArgs, what: &str) -> Result<()> {
+    if out.json {
+        return json(info);
+    }
+    println!("subnet {what}: network {} (vni {}) subnet {} via {} mac {}", info.network, info.vni, info.subnet, info.node, info.mac);
+    Ok(())
 }
 
 fn show_one(info: &EndpointInfo, out: OutputArgs, what: &str) -> Result<()> {

@@ -72,6 +72,18 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
         ]);
     }
     println!("\nbroadcast/multicast replication\n{t}");
+    if !d.routes.is_empty() {
+        let mut t = table(&["VNI", "NODE SUBNET", "VIA"]);
+        for r in &d.routes {
+            let via = match (r.vtep, r.mac, r.udp_port, r.via) {
+                (Some(v), Some(m), Some(p), _) => format!("{v}:{p} (router MAC {m})"),
+                (_, _, _, Some(hop)) => format!("{hop} onlink"),
+                _ => "-".into(),
+            };
+            t.add_row(vec![r.vni.to_string(), r.subnet.to_string(), via]);
+        }
+        println!("\nroutes (L3 networks)\n{t}");
+    }
     let mut t = table(&["DIRECTION", "REASON", "KIND", "PACKETS", "BYTES"]);
     for s in &d.stats {
         t.add_row(vec![

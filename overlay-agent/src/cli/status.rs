@@ -38,12 +38,19 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
         if st.pending_withdrawals > 0 { format!(", {} withdrawals pending", st.pending_withdrawals) } else { String::new() },
     );
     println!("uptime:    {}s", s.uptime_secs);
-    let mut t = table(&["NETWORK", "VNI", "SUBNET", "UDP PORT", "MTU", "LOCAL", "REMOTE"]);
+    let mut t = table(&["NETWORK", "VNI", "MODE", "SUBNET", "NODE SUBNET", "GATEWAY", "UDP PORT", "MTU", "LOCAL", "REMOTE"]);
     for n in &s.networks {
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         t.add_row(vec![
             n.name.clone(),
             n.vni.to_string(),
+            match n.mode {
+                crate::config::NetworkMode::L2 => "l2".into(),
+                crate::config::NetworkMode::L3 => "l3".into(),
+            },
             n.subnet.to_string(),
+            dash(n.node_subnet.map(|x| x.to_string())),
+            dash(n.gateway.map(|x| x.to_string())),
             n.udp_port.to_string(),
             n.mtu.to_string(),
             n.local_endpoints.to_string(),
@@ -66,5 +73,14 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
         p.add_row(vec![peer.node.clone(), peer.vtep.to_string(), peer.endpoints.to_string()]);
     }
     println!("{p}");
+    if !s.subnets.is_empty() {
+        // The MAC is what a host configured by hand (seeds/003) gives the neighbour entry
+        // of the node's address (the subnet's first) on its VXLAN device.
+        let mut t = table(&["NETWORK", "NODE SUBNET", "NODE", "ROUTER MAC"]);
+        for x in &s.subnets {
+            t.add_row(vec![x.network.clone(), x.subnet.to_string(), x.node.clone(), x.mac.to_string()]);
+        }
+        println!("{t}");
+    }
     Ok(())
 }

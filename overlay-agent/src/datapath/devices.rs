@@ -37,6 +37,12 @@ pub enum DeviceError {
     },
     #[error("the new device {name} vanished while it was being set up")]
     Vanished { name: String },
+    #[error("writing {path}: {source} (the agent needs CAP_NET_ADMIN in its network namespace)")]
+    Sysctl {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn nl_err<'a>(step: &'static str, device: &'a str) -> impl FnOnce(NetlinkError) -> DeviceError + 'a {
@@ -58,6 +64,8 @@ pub struct NetSpec {
     pub vni: u32,
     pub udp_port: u16,
     pub mtu: u32,
+    /// An L3 network: this host's router in it.
+    pub router: Option<super::Router>,
 }
 
 /// Deletes this agent's devices for `vnis` if they exist (a mode switch, `down`).
@@ -170,9 +178,24 @@ async fn ensure_one(
         nl.set_link(idx, LinkChange { mtu: Some(net.mtu), up: Some(true), ..Default::default() })
             .await
             .map_err(nl_err("bringing the bridge up", &br))?;
-        nl.set_link(vxlan_index, LinkChange { master: Some(idx), ..Default::default() })
-            .await
-            .map_err(nl_err("adding the VXLAN device to the bridge", &name))?;
+        match net.router {
+            // L3 (seeds/003): the VXLAN device is a routed link of its own. It holds
+            // the node's address (the node subnet's first, as flannel gives it) as a
+            // /32 and the router MAC other hosts send to; the bridge holds the
+            // containers' gateway address, which adds the node subnet's route.
+            Some(r) => {
+                nl.set_link(vxlan_index, LinkChange { mac: Some(r.mac.0), ..Default::default() })
+                    .await
+                    .map_err(nl_err("setting the router MAC", &name))?;
+                nl.add_address(vxlan_index, r.subnet.network(), 32).await.map_err(nl_err("adding the node address", &name))?;
+                nl.add_address(idx, r.gateway, r.subnet.prefix_len()).await.map_err(nl_err("adding the gateway address", &br))?;
+            }
+            None => {
+                nl.set_link(vxlan_index, LinkChange { master: Some(idx), ..Default::default() })
+                    .await
+                    .map_err(nl_err("adding the VXLAN device to the bridge", &name))?;
+            }
+        }
         bridge_index = Some(idx);
     } else if let Some(b) = existing_bridge {
         // Kernel mode's bridge, from before a switch to eBPF mode.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::{
     devices,
-    pinned::{self, EndpointRow, FdbRow, FloodRow, MapDump, NeighRow, NetworkRow, PinnedError},
+    pinned::{self, EndpointRow, FdbRow, FloodRow, MapDump, NeighRow, NetworkRow, PinnedError, RouteRow},
 };
 use crate::{
     config::Config,
@@ -63,6 +63,7 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
         neighbours: Vec::new(),
         fdb: Vec::new(),
         flood: Vec::new(),
+        routes: Vec::new(),
         stats: Vec::new(),
     };
     for net in &config.networks {
@@ -85,6 +86,12 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
                 vtep: None,
                 udp_port: None,
             });
+        }
+        if net.mode == crate::config::NetworkMode::L3 {
+            for (dst, len, via) in nl.routes_via(vx.index).await? {
+                let Ok(subnet) = ipnet::Ipv4Net::new(dst, len) else { continue };
+                d.routes.push(RouteRow { vni: net.vni, subnet, vtep: None, mac: None, udp_port: None, via });
+            }
         }
         for n in nl.neighbours(vx.index).await? {
             if let Some(mac) = n.mac {

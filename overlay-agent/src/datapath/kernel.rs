@@ -6,6 +6,13 @@
 //! underlay) and an FDB entry (MAC → VTEP, `self`, VNI, port); one all-zero-MAC entry
 //! per remote VTEP replicates broadcast and unknown unicast head-end.
 //!
+//! An L3 network (seeds/003's routed recipe) has the same two devices, but the VXLAN
+//! device is not a bridge port: it holds the node's address as a /32 and the router
+//! MAC, the bridge holds the containers' gateway address, and every remote node subnet
+//! is a route `SUBNET via NODE-ADDRESS dev ovvx<VNI> onlink` with the neighbour entry
+//! (node address → its router MAC) and FDB entry (router MAC → VTEP) it needs. The host
+//! forwards (`net.ipv4.ip_forward = 1`, as flannel and Docker set it).
+//!
 //! All of it stays in the kernel when the agent stops; the next start adopts the
 //! devices and reads their tables back. [`KernelDatapath::resync`] compares the tables
 //! with what they should hold and repairs them; the agent runs it periodically, since
@@ -41,6 +48,8 @@ pub struct KernelDatapath {
     /// (VNI, MAC) → target installed as unicast FDB entries.
     fdb: HashMap<(u32, MacAddr), FdbTarget>,
     flood: BTreeMap<u32, BTreeSet<(Ipv4Addr, u16)>>,
+    /// (VNI, node subnet address) → prefix length: routes installed for L3 networks.
+    routes: BTreeMap<(u32, Ipv4Addr), u8>,
     /// The first full sync has happened: entries derived from the store may be removed.
     synced: bool,
     reason: String,
@@ -70,9 +79,17 @@ impl KernelDatapath {
             neigh: HashMap::new(),
             fdb: HashMap::new(),
             flood: BTreeMap::new(),
+            routes: BTreeMap::new(),
             synced: false,
             reason,
         };
+        let l3: Vec<u32> = nets.iter().filter(|n| n.router.is_some()).map(|n| n.vni).collect();
+        if !l3.is_empty() {
+            enable_forwarding()?;
+            crate::firewall::apply(&l3)?;
+        } else if crate::firewall::remove()? {
+            debug!("removed the nftables table of L3 networks no longer configured");
+        }
         dp.read_tables().await?;
         info!(networks = dp.devs.len(), neigh = dp.neigh.len(), fdb = dp.fdb.len(), reason = %dp.reason, "kernel VXLAN datapath ready");
         Ok(dp)
@@ -96,7 +113,37 @@ impl KernelDatapath {
             }
         }
         self.flood = devices::read_flood(&self.nl, &self.devs).await?;
+        self.routes.clear();
+        for n in self.nets.iter().filter(|n| n.router.is_some()) {
+            let Some(d) = self.devs.get(&n.vni) else { continue };
+            let name = devices::vxlan_name(d.vni);
+            for (dst, len, via) in self.nl.routes_via(d.vxlan_index).await.map_err(nl_err("reading routes", name))? {
+                if via == Some(dst) {
+                    self.routes.insert((d.vni, dst), len);
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn set_route(&mut self, vni: u32, at: Ipv4Addr, want: Option<u8>) -> Result<bool, DatapathError> {
+        let Some(dev) = self.devs.get(&vni).map(|d| d.vxlan_index) else { return Ok(false) };
+        let have = self.routes.get(&(vni, at)).copied();
+        if have == want {
+            return Ok(false);
+        }
+        let name = devices::vxlan_name(vni);
+        if let Some(len) = want {
+            self.nl.route_replace_onlink(at, len, at, dev).await.map_err(nl_err("adding a route", name.clone()))?;
+            self.routes.insert((vni, at), len);
+        }
+        if let Some(old) = have.filter(|old| Some(*old) != want) {
+            self.nl.route_del(at, old, dev).await.map_err(nl_err("removing a route", name))?;
+            if want.is_none() {
+                self.routes.remove(&(vni, at));
+            }
+        }
+        Ok(true)
     }
 
     async fn set_neigh(&mut self, vni: u32, ip: Ipv4Addr, mac: Option<MacAddr>) -> Result<bool, DatapathError> {
@@ -181,8 +228,22 @@ fn remote_neigh(d: &Desired, vni: u32, ip: Ipv4Addr) -> Option<MacAddr> {
 fn remote_fdb(d: &Desired, vni: u32, mac: MacAddr) -> Option<FdbTarget> {
     match d.fdb(vni, mac)? {
         super::FdbTarget::Remote { vtep, udp_port } => Some((vtep, udp_port)),
-        super::FdbTarget::Local { .. } => None,
+        // The bridge learns local MACs; the gateway is the bridge's own address.
+        super::FdbTarget::Local { .. } | super::FdbTarget::Router => None,
     }
+}
+
+/// `sysctl net.ipv4.ip_forward=1` in the agent's network namespace: an L3 network's
+/// host routes between its bridge and its VXLAN device. Left on at `down` (other
+/// software on a host may rely on it, as with Docker's and flannel's).
+fn enable_forwarding() -> Result<(), DatapathError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1").map_err(|source| DeviceError::Sysctl { path: PATH, source })?;
+    info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1) for the L3 networks");
+    Ok(())
 }
 
 impl Datapath for KernelDatapath {
@@ -192,7 +253,7 @@ impl Datapath for KernelDatapath {
 
     fn usage(&self) -> Vec<TableUsage> {
         let flood = self.flood.values().map(BTreeSet::len).sum::<usize>();
-        [("kernel neighbours", self.neigh.len()), ("kernel fdb", self.fdb.len()), ("kernel flood", flood)]
+        [("kernel neighbours", self.neigh.len()), ("kernel fdb", self.fdb.len()), ("kernel flood", flood), ("kernel routes", self.routes.len())]
             .into_iter()
             .map(|(name, n)| TableUsage { name: name.into(), entries: n as u64, capacity: None, not_installed: 0 })
             .collect()
@@ -239,6 +300,15 @@ impl Datapath for KernelDatapath {
                 out.changed += self.set_flood(d, vni).await?;
             }
         }
+        // Routes once their neighbour and FDB entries exist; a removed route goes before
+        // nothing else needs it (the entries of a gone subnet are removed above, which
+        // only leaves the route unusable for the moment in between).
+        for &(vni, at) in &dirty.routes {
+            let want = d.route(vni, at).filter(|_| d.is_l3(vni)).map(|(len, _)| len);
+            if self.set_route(vni, at, want).await? {
+                out.changed += 1;
+            }
+        }
         Ok(out)
     }
 
@@ -256,6 +326,8 @@ impl Datapath for KernelDatapath {
         dirty.neigh.extend(self.neigh.keys().copied());
         dirty.fdb.extend(self.fdb.keys().copied());
         dirty.flood.extend(d.served());
+        dirty.routes.extend(d.all_routes().map(|(k, _, _)| k));
+        dirty.routes.extend(self.routes.keys().copied());
         self.synced = true;
         let out = self.apply(d, &dirty).await?;
         if out.changed > 0 {
@@ -271,7 +343,10 @@ impl Datapath for KernelDatapath {
     }
 
     async fn remove(self) -> Vec<DatapathError> {
-        let errors: Vec<DatapathError> = devices::destroy(&self.nl, &self.devs).await.into_iter().map(Into::into).collect();
+        let mut errors: Vec<DatapathError> = devices::destroy(&self.nl, &self.devs).await.into_iter().map(Into::into).collect();
+        if let Err(e) = crate::firewall::remove() {
+            errors.push(e.into());
+        }
         if errors.is_empty() {
             info!("kernel VXLAN datapath removed");
         }

@@ -19,7 +19,7 @@ mod prog_tests;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::desired::{Desired, Dirty, FdbTarget, LocalEndpoint};
+pub use crate::desired::{Desired, Dirty, FdbTarget, LocalEndpoint, Remote, Router};
 
 /// What `status` shows about the datapath.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +63,8 @@ pub enum DatapathError {
     Ebpf(#[from] ebpf::EbpfError),
     #[error(transparent)]
     Devices(#[from] devices::DeviceError),
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
     #[error("map {map} is full ({capacity} entries): raise [datapath] {setting} and restart the agent")]
     Full { map: &'static str, capacity: u32, setting: &'static str },
 }

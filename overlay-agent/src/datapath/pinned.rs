@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use overlay_common::{
-    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, FloodValue, NeighKey,
-    NeighValue, NetworkValue, Reason, StatsValue, maps, reason::ReasonKind, stats_index,
+    DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, FdbValue, FloodValue, NeighKey,
+    NeighValue, NetworkValue, Reason, RouteKey, RouteValue, StatsValue, maps, reason::ReasonKind, stats_index,
 };
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +106,19 @@ pub struct FloodRow {
 }
 
 /// Everything `map dump` shows.
+/// A node subnet of an L3 network on another host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteRow {
+    pub vni: u32,
+    pub subnet: ipnet::Ipv4Net,
+    /// eBPF: the VTEP and router MAC routed frames go to.
+    pub vtep: Option<Ipv4Addr>,
+    pub mac: Option<MacAddr>,
+    pub udp_port: Option<u16>,
+    /// Kernel: the next hop of the route (the node's address on its VXLAN device).
+    pub via: Option<Ipv4Addr>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MapDump {
     /// "ebpf" (read from the pinned maps) or "kernel" (read from the kernel's
@@ -119,6 +132,9 @@ pub struct MapDump {
     pub neighbours: Vec<NeighRow>,
     pub fdb: Vec<FdbRow>,
     pub flood: Vec<FloodRow>,
+    /// Node subnets of L3 networks on other hosts.
+    #[serde(default)]
+    pub routes: Vec<RouteRow>,
     /// Non-zero counters, summed over CPUs (eBPF only).
     pub stats: Vec<StatsRow>,
 }
@@ -222,11 +238,12 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
             kind: match v.kind {
                 FDB_LOCAL => "local".into(),
                 FDB_REMOTE => "remote".into(),
+                FDB_ROUTER => "router".into(),
                 other => format!("unknown({other})"),
             },
             ifindex: local.then_some(v.ifindex),
-            vtep: (!local).then(|| v.vtep.into()),
-            udp_port: (!local).then(|| u16::from_be(v.udp_port_be)),
+            vtep: (v.kind == FDB_REMOTE).then(|| v.vtep.into()),
+            udp_port: (v.kind == FDB_REMOTE).then(|| u16::from_be(v.udp_port_be)),
         });
     }
     fdb.sort_by_key(|f| (f.vni, f.mac));
@@ -244,6 +261,27 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
         });
     }
     flood.sort_by_key(|f| f.vni);
+
+    let mut routes = Vec::new();
+    // Pins of an agent from before L3 networks have no routes map.
+    if maps_dir.join(maps::ROUTES).exists() {
+        let routes_map: aya::maps::lpm_trie::LpmTrie<MapData, RouteKey, RouteValue> = typed(maps_dir, maps::ROUTES)?;
+        for item in routes_map.iter() {
+            let (k, v) = item.map_err(read_err(maps::ROUTES))?;
+            let data = k.data();
+            let len = k.prefix_len().saturating_sub(RouteKey::VNI_BITS).min(32) as u8;
+            let Ok(subnet) = ipnet::Ipv4Net::new(data.ip.into(), len) else { continue };
+            routes.push(RouteRow {
+                vni: u32::from_be_bytes(data.vni_be),
+                subnet,
+                vtep: Some(v.vtep.into()),
+                mac: Some(MacAddr(v.mac)),
+                udp_port: Some(u16::from_be(v.udp_port_be)),
+                via: None,
+            });
+        }
+        routes.sort_by_key(|r| (r.vni, r.subnet));
+    }
 
     let stats_map: PerCpuArray<MapData, StatsValue> = typed(maps_dir, maps::STATS)?;
     let mut stats = Vec::new();
@@ -277,6 +315,7 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
         neighbours,
         fdb,
         flood,
+        routes,
         stats,
     })
 }

@@ -28,9 +28,11 @@ use std::{
     sync::Arc,
 };
 
+use ipnet::Ipv4Net;
+
 use crate::{
     mac::MacAddr,
-    records::{EndpointRecord, NodeRecord, StaticRecord},
+    records::{EndpointRecord, NodeRecord, StaticRecord, StaticSubnetRecord, SubnetRecord},
 };
 
 /// Maps and sets of the cluster-sized tables below: foldhash (seeded per process) hashes
@@ -58,6 +60,26 @@ pub enum FdbTarget {
     Local { ifindex: u32 },
     /// Behind a remote VTEP, over VXLAN to this UDP port.
     Remote { vtep: Ipv4Addr, udp_port: u16 },
+    /// This host's router MAC in an L3 network: routed by IPv4 destination.
+    Router,
+}
+
+/// This host's part in an L3 network: the node subnet it routes, the containers'
+/// gateway (the subnet's first address) and the router MAC that answers for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Router {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// A node subnet published by a node (in an L3 network), as kept here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PublishedSubnet {
+    node: Arc<str>,
+    prefix_len: u8,
+    mac: MacAddr,
+    udp_port: u16,
 }
 
 /// A remote endpoint in effect: what it resolves to.
@@ -89,15 +111,17 @@ pub struct Dirty {
     pub endpoints: HashSet<u32>,
     /// Networks whose broadcast replication changed.
     pub flood: HashSet<u32>,
+    /// Node subnets of L3 networks, by (VNI, network address).
+    pub routes: HashSet<(u32, Ipv4Addr)>,
 }
 
 impl Dirty {
     pub fn is_empty(&self) -> bool {
-        self.neigh.is_empty() && self.fdb.is_empty() && self.endpoints.is_empty() && self.flood.is_empty()
+        self.neigh.is_empty() && self.fdb.is_empty() && self.endpoints.is_empty() && self.flood.is_empty() && self.routes.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.neigh.len() + self.fdb.len() + self.endpoints.len() + self.flood.len()
+        self.neigh.len() + self.fdb.len() + self.endpoints.len() + self.flood.len() + self.routes.len()
     }
 }
 
@@ -123,6 +147,8 @@ pub enum Record {
     Node(NodeRecord),
     Endpoint(u32, Ipv4Addr, EndpointRecord),
     Static(u32, Ipv4Addr, StaticRecord),
+    Subnet(u32, Ipv4Net, SubnetRecord),
+    StaticSubnet(u32, Ipv4Net, StaticSubnetRecord),
 }
 
 /// A record's identity (what a delete names).
@@ -131,6 +157,8 @@ pub enum RecordKey {
     Node(String),
     Endpoint(u32, Ipv4Addr),
     Static(u32, Ipv4Addr),
+    Subnet(u32, Ipv4Net),
+    StaticSubnet(u32, Ipv4Net),
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +171,12 @@ pub struct Desired {
     node_endpoints: FastMap<Arc<str>, FastSet<(u32, Ipv4Addr)>>,
     endpoints: FastMap<(u32, Ipv4Addr), Published>,
     statics: FastMap<(u32, Ipv4Addr), StaticRecord>,
+    /// L3 networks this host serves, with its own node subnet in each.
+    routers: BTreeMap<u32, Router>,
+    /// Node subnets by (VNI, network address): published by nodes, and static ones.
+    subnets: FastMap<(u32, Ipv4Addr), PublishedSubnet>,
+    static_subnets: FastMap<(u32, Ipv4Addr), (u8, StaticSubnetRecord)>,
+    node_subnets: FastMap<Arc<str>, FastSet<(u32, Ipv4Addr)>>,
     local: BTreeMap<u32, LocalEndpoint>,
     local_ip: FastMap<(u32, Ipv4Addr), u32>,
     local_mac: FastMap<(u32, MacAddr), u32>,
@@ -178,6 +212,24 @@ impl Desired {
         self.served.keys().copied()
     }
 
+    /// Makes `vni` an L3 network in which this host routes `router.subnet`.
+    pub fn set_router(&mut self, vni: u32, router: Router) {
+        if let Some(old) = self.routers.insert(vni, router) {
+            self.dirty.neigh.insert((vni, old.gateway));
+            self.dirty.fdb.insert((vni, old.mac));
+        }
+        self.dirty.neigh.insert((vni, router.gateway));
+        self.dirty.fdb.insert((vni, router.mac));
+    }
+
+    pub fn router(&self, vni: u32) -> Option<&Router> {
+        self.routers.get(&vni)
+    }
+
+    pub fn is_l3(&self, vni: u32) -> bool {
+        self.routers.contains_key(&vni)
+    }
+
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.interned.get(s) {
             return a.clone();
@@ -205,6 +257,7 @@ impl Desired {
         }
         d.endpoints.extend(self.local.keys().copied());
         d.flood.extend(self.served.keys().copied());
+        d.routes.extend(self.all_routes().map(|(k, _, _)| k));
         d
     }
 
@@ -224,12 +277,19 @@ impl Desired {
         if track {
             self.dirty.neigh.insert((vni, ip));
         }
+        // In an L3 network a remote is a node subnet: a route; broadcast stays on the
+        // host (no flood entries).
+        let l3 = self.routers.contains_key(&vni);
+        if l3 && track {
+            self.dirty.routes.insert((vni, ip));
+        }
         if let Some(o) = old {
             self.unown(vni, o.mac, ip);
             if track {
                 self.dirty.fdb.insert((vni, o.mac));
             }
-            if let Some(m) = self.flood.get_mut(&vni)
+            if !l3
+                && let Some(m) = self.flood.get_mut(&vni)
                 && let Some(n) = m.get_mut(&(o.vtep, o.udp_port))
             {
                 *n -= 1;
@@ -246,10 +306,12 @@ impl Desired {
             if track {
                 self.dirty.fdb.insert((vni, n.mac));
             }
-            let count = self.flood.entry(vni).or_default().entry((n.vtep, n.udp_port)).or_insert(0);
-            *count += 1;
-            if *count == 1 && track {
-                self.dirty.flood.insert(vni);
+            if !l3 {
+                let count = self.flood.entry(vni).or_default().entry((n.vtep, n.udp_port)).or_insert(0);
+                *count += 1;
+                if *count == 1 && track {
+                    self.dirty.flood.insert(vni);
+                }
             }
         }
     }
@@ -295,6 +357,16 @@ impl Desired {
             Record::Node(n) => self.put_node(&n.node, n.vtep),
             Record::Endpoint(vni, ip, e) => self.put_endpoint(vni, ip, e),
             Record::Static(vni, ip, s) => self.put_static(vni, ip, s),
+            Record::Subnet(vni, net, s) => self.put_subnet(vni, net, s),
+            Record::StaticSubnet(vni, net, s) => {
+                let v = (net.prefix_len(), s);
+                let at = net.network();
+                if self.static_subnets.get(&(vni, at)) != Some(&v) {
+                    self.at(vni, at, |d| {
+                        d.static_subnets.insert((vni, at), v);
+                    });
+                }
+            }
         }
     }
 
@@ -310,6 +382,15 @@ impl Desired {
                     });
                 }
             }
+            RecordKey::Subnet(vni, net) => self.del_subnet(*vni, net.network()),
+            RecordKey::StaticSubnet(vni, net) => {
+                let k = (*vni, net.network());
+                if self.static_subnets.contains_key(&k) {
+                    self.at(k.0, k.1, |s| {
+                        s.static_subnets.remove(&k);
+                    });
+                }
+            }
         }
     }
 
@@ -319,6 +400,8 @@ impl Desired {
         let mut nodes = FastSet::default();
         let mut eps = FastSet::with_capacity_and_hasher(records.len(), Default::default());
         let mut sts = FastSet::default();
+        let mut subs = FastSet::default();
+        let mut static_subs = FastSet::default();
         for r in &records {
             match r {
                 Record::Node(n) => {
@@ -330,7 +413,23 @@ impl Desired {
                 Record::Static(vni, ip, _) => {
                     sts.insert((*vni, *ip));
                 }
+                Record::Subnet(vni, net, _) => {
+                    subs.insert((*vni, net.network()));
+                }
+                Record::StaticSubnet(vni, net, _) => {
+                    static_subs.insert((*vni, net.network()));
+                }
             }
+        }
+        let gone: Vec<_> = self.subnets.keys().filter(|k| !subs.contains(*k)).copied().collect();
+        for (vni, at) in gone {
+            self.del_subnet(vni, at);
+        }
+        let gone: Vec<_> = self.static_subnets.keys().filter(|k| !static_subs.contains(*k)).copied().collect();
+        for k in gone {
+            self.at(k.0, k.1, |s| {
+                s.static_subnets.remove(&k);
+            });
         }
         let gone_eps: Vec<_> = self.endpoints.keys().filter(|k| !eps.contains(*k)).copied().collect();
         for (vni, ip) in gone_eps {
@@ -386,9 +485,16 @@ impl Desired {
         });
     }
 
-    /// Runs `change` on a node, re-resolving every endpoint it published.
+    /// Runs `change` on a node, re-resolving every endpoint and subnet it published.
     fn rekey_node(&mut self, name: &Arc<str>, change: impl FnOnce(&mut Self)) {
-        let eps: Vec<_> = self.node_endpoints.get(name).into_iter().flatten().copied().collect();
+        let eps: Vec<_> = self
+            .node_endpoints
+            .get(name)
+            .into_iter()
+            .flatten()
+            .chain(self.node_subnets.get(name).into_iter().flatten())
+            .copied()
+            .collect();
         let old: Vec<_> = eps.iter().map(|&(vni, ip)| self.remote(vni, ip)).collect();
         change(self);
         for (&(vni, ip), old) in eps.iter().zip(old) {
@@ -437,6 +543,40 @@ impl Desired {
         }
         self.at(vni, ip, |s| {
             s.statics.insert((vni, ip), st);
+        });
+    }
+
+    fn put_subnet(&mut self, vni: u32, net: Ipv4Net, r: SubnetRecord) {
+        let node = self.intern(&r.node);
+        let p = PublishedSubnet { node: node.clone(), prefix_len: net.prefix_len(), mac: r.mac, udp_port: r.udp_port };
+        let at = net.network();
+        if self.subnets.get(&(vni, at)) == Some(&p) {
+            return;
+        }
+        self.at(vni, at, |s| {
+            if let Some(old) = s.subnets.insert((vni, at), p)
+                && old.node != node
+                && let Some(set) = s.node_subnets.get_mut(&old.node)
+            {
+                set.remove(&(vni, at));
+            }
+            s.node_subnets.entry(node).or_default().insert((vni, at));
+        });
+    }
+
+    fn del_subnet(&mut self, vni: u32, at: Ipv4Addr) {
+        if !self.subnets.contains_key(&(vni, at)) {
+            return;
+        }
+        self.at(vni, at, |s| {
+            if let Some(old) = s.subnets.remove(&(vni, at))
+                && let Some(set) = s.node_subnets.get_mut(&old.node)
+            {
+                set.remove(&(vni, at));
+                if set.is_empty() {
+                    s.node_subnets.remove(&old.node);
+                }
+            }
         });
     }
 

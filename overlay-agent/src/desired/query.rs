@@ -6,6 +6,8 @@ use std::{
     net::Ipv4Addr,
 };
 
+use ipnet::Ipv4Net;
+
 use super::{Desired, FdbTarget, LocalEndpoint, Remote};
 use crate::{mac::MacAddr, records::StaticRecord};
 
@@ -14,6 +16,11 @@ impl Desired {
     pub fn remote(&self, vni: u32, ip: Ipv4Addr) -> Option<Remote> {
         if !self.serves(vni) || self.local_ip.contains_key(&(vni, ip)) {
             return None;
+        }
+        if self.is_l3(vni) {
+            // Routed: the remotes are the other nodes' subnets, by network address (the
+            // next hop's address, as seeds/003 and flannel give each node's VXLAN device).
+            return self.route(vni, ip).map(|(_, r)| r);
         }
         if let Some(p) = self.endpoints.get(&(vni, ip)) {
             if *p.node == *self.me {
@@ -29,10 +36,53 @@ impl Desired {
             .map(|s| Remote { mac: s.mac, vtep: s.vtep, udp_port: s.udp_port, node: None })
     }
 
+    /// The node subnet of another host (or a static one) whose network address is `at`
+    /// in L3 network `vni`: its prefix length and where it is.
+    pub fn route(&self, vni: u32, at: Ipv4Addr) -> Option<(u8, Remote)> {
+        if !self.serves(vni) {
+            return None;
+        }
+        if let Some(p) = self.subnets.get(&(vni, at))
+            && *p.node != *self.me
+            && let Some(&vtep) = self.nodes.get(&p.node)
+        {
+            return Some((p.prefix_len, Remote { mac: p.mac, vtep, udp_port: p.udp_port, node: Some(p.node.clone()) }));
+        }
+        self.static_subnets
+            .get(&(vni, at))
+            .map(|(len, s)| (*len, Remote { mac: s.mac, vtep: s.vtep, udp_port: s.udp_port, node: None }))
+    }
+
+    /// Every route in effect: ((vni, network address), prefix length, where).
+    pub fn all_routes(&self) -> impl Iterator<Item = ((u32, Ipv4Addr), u8, Remote)> + '_ {
+        self.subnets
+            .keys()
+            .chain(self.static_subnets.keys().filter(|k| !self.subnets.contains_key(k)))
+            .filter(|(vni, _)| self.is_l3(*vni))
+            .filter_map(|&(vni, at)| self.route(vni, at).map(|(len, r)| ((vni, at), len, r)))
+    }
+
+    /// Node subnets as the store shows them: (vni, subnet, node) (for `status`).
+    pub fn node_subnets(&self) -> Vec<(u32, Ipv4Net, String, MacAddr)> {
+        let mut out: Vec<_> = self
+            .subnets
+            .iter()
+            .filter_map(|(&(vni, at), p)| Some((vni, Ipv4Net::new(at, p.prefix_len).ok()?, p.node.to_string(), p.mac)))
+            .chain(self.static_subnets.iter().filter_map(|(&(vni, at), (len, s))| {
+                Some((vni, Ipv4Net::new(at, *len).ok()?, format!("static ({})", s.vtep), s.mac))
+            }))
+            .collect();
+        out.sort_by_key(|a| (a.0, a.1));
+        out
+    }
+
     /// The MAC that answers ARP for (vni, ip).
     pub fn neigh(&self, vni: u32, ip: Ipv4Addr) -> Option<MacAddr> {
         if let Some(ifindex) = self.local_ip.get(&(vni, ip)) {
             return self.local.get(ifindex).map(|l| l.mac);
+        }
+        if let Some(r) = self.routers.get(&vni).filter(|r| r.gateway == ip) {
+            return Some(r.mac);
         }
         self.remote(vni, ip).map(|r| r.mac)
     }
@@ -41,6 +91,9 @@ impl Desired {
     pub fn fdb(&self, vni: u32, mac: MacAddr) -> Option<FdbTarget> {
         if let Some(&ifindex) = self.local_mac.get(&(vni, mac)) {
             return Some(FdbTarget::Local { ifindex });
+        }
+        if self.routers.get(&vni).is_some_and(|r| r.mac == mac) {
+            return Some(FdbTarget::Router);
         }
         let ip = self.mac_owners.get(&(vni, mac))?.first();
         self.remote(vni, ip).map(|r| FdbTarget::Remote { vtep: r.vtep, udp_port: r.udp_port })
@@ -67,12 +120,15 @@ impl Desired {
     /// Every neighbour entry.
     pub fn all_neigh(&self) -> impl Iterator<Item = ((u32, Ipv4Addr), MacAddr)> + '_ {
         let local = self.local.values().map(|l| ((l.vni, l.ip), l.mac));
+        let gateways = self.routers.iter().map(|(&vni, r)| ((vni, r.gateway), r.mac));
         let remote = self
             .endpoints
             .keys()
             .chain(self.statics.keys().filter(|k| !self.endpoints.contains_key(k)))
+            .filter(|(vni, _)| !self.is_l3(*vni))
             .filter_map(|&(vni, ip)| self.remote(vni, ip).map(|r| ((vni, ip), r.mac)));
-        local.chain(remote)
+        let routed = self.all_routes().map(|(k, _, r)| (k, r.mac));
+        local.chain(gateways).chain(remote).chain(routed)
     }
 
     /// Every FDB entry.
@@ -83,7 +139,8 @@ impl Desired {
             .keys()
             .filter(|k| !self.local_mac.contains_key(k))
             .filter_map(|&(vni, mac)| self.fdb(vni, mac).map(|t| ((vni, mac), t)));
-        local.chain(remote)
+        let routers = self.routers.iter().map(|(&vni, r)| ((vni, r.mac), FdbTarget::Router));
+        local.chain(routers).chain(remote)
     }
 
     /// Remote endpoints in effect in `vni` (for `status`).

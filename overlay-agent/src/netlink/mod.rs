@@ -574,6 +574,7 @@ impl Netlink {
     }
 }
 
+mod routes;
 pub mod vxlan;
 pub use vxlan::{FdbEntry, NeighEntry, VxlanInfo, VxlanSpec};
 

@@ -6,6 +6,8 @@
 //! | `<prefix>/nodes/<node>` | [`NodeRecord`](crate::model::NodeRecord): VTEP, agent version | the node's |
 //! | `<prefix>/endpoints/<vni>/<ip>` | [`EndpointRecord`](crate::model::EndpointRecord): owning node, MAC, port | the node's |
 //! | `<prefix>/statics/<vni>/<ip>` | [`StaticRecord`](crate::model::StaticRecord): MAC, VTEP, port (`remote add`) | none |
+//! | `<prefix>/subnets/<vni>/<net>-<len>` | [`SubnetRecord`](crate::records::SubnetRecord): the node routing that node subnet of an L3 network | the node's |
+//! | `<prefix>/static-subnets/<vni>/<net>-<len>` | [`StaticSubnetRecord`](crate::records::StaticSubnetRecord): a subnet behind a host without agent (`remote add --subnet`) | none |
 //! | `<prefix>/claims/mac/<vni>/<mac>` | the endpoint or static key that holds the MAC | its owner's |
 //! | `<prefix>/claims/vtep/<ip>` | the node that holds the VTEP address | the node's |
 //! | `<prefix>/claims/ip/<vni>/<ip>` | the node that reserved the address before plugging (Docker's IPAM) | the node's |
@@ -13,10 +15,14 @@
 //! An IP is unique in a network because `endpoints/<vni>/<ip>` and `statics/<vni>/<ip>`
 //! are created only if both are absent and the address is not reserved by another node
 //! (`claims/ip/`, created only if all three are absent); a MAC because its claim key is
-//! created in the same transaction. Agents watch `[<prefix>/endpoints/, <prefix>/statics0)`, which holds
-//! endpoints, nodes and statics and leaves the claims (read only by writers) out.
+//! created in the same transaction. A node subnet is unique because its key is created only
+//! if it and the static subnet of the same key are absent. Agents watch
+//! `[<prefix>/endpoints/, <prefix>/subnets0)`, which holds endpoints, nodes, statics and
+//! subnets and leaves the claims (read only by writers) out.
 
 use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
 
 use crate::mac::MacAddr;
 
@@ -29,6 +35,20 @@ pub enum Key {
     Node(String),
     Endpoint(u32, Ipv4Addr),
     Static(u32, Ipv4Addr),
+    Subnet(u32, Ipv4Net),
+    StaticSubnet(u32, Ipv4Net),
+}
+
+/// `10.244.1.0/24` as a key segment: `10.244.1.0-24` (no `/` inside a segment).
+fn net_segment(net: Ipv4Net) -> String {
+    format!("{}-{}", net.network(), net.prefix_len())
+}
+
+fn parse_net_segment(s: &str) -> Option<Ipv4Net> {
+    let (ip, len) = s.split_once('-')?;
+    let net = Ipv4Net::new(ip.parse().ok()?, len.parse().ok()?).ok()?;
+    // Only the canonical form: no host bits.
+    (net.network() == net.addr()).then_some(net)
 }
 
 /// Builds and parses keys under one prefix.
@@ -59,6 +79,24 @@ impl Keys {
         format!("{}/statics/{vni}/{ip}", self.prefix)
     }
 
+    pub fn subnet(&self, vni: u32, net: Ipv4Net) -> String {
+        format!("{}/subnets/{vni}/{}", self.prefix, net_segment(net))
+    }
+
+    pub fn static_subnet(&self, vni: u32, net: Ipv4Net) -> String {
+        format!("{}/static-subnets/{vni}/{}", self.prefix, net_segment(net))
+    }
+
+    /// Every node subnet of a network: a prefix.
+    pub fn subnets(&self, vni: u32) -> String {
+        format!("{}/subnets/{vni}/", self.prefix)
+    }
+
+    /// Every static subnet of a network: a prefix.
+    pub fn static_subnets(&self, vni: u32) -> String {
+        format!("{}/static-subnets/{vni}/", self.prefix)
+    }
+
     pub fn mac_claim(&self, vni: u32, mac: MacAddr) -> String {
         format!("{}/claims/mac/{vni}/{mac}", self.prefix)
     }
@@ -82,12 +120,14 @@ impl Keys {
             Key::Node(n) => self.node(n),
             Key::Endpoint(vni, ip) => self.endpoint(*vni, *ip),
             Key::Static(vni, ip) => self.static_endpoint(*vni, *ip),
+            Key::Subnet(vni, net) => self.subnet(*vni, *net),
+            Key::StaticSubnet(vni, net) => self.static_subnet(*vni, *net),
         }
     }
 
     /// The range the agents watch: `[start, end)`.
     pub fn watch_range(&self) -> (String, String) {
-        (format!("{}/endpoints/", self.prefix), format!("{}/statics0", self.prefix))
+        (format!("{}/endpoints/", self.prefix), format!("{}/subnets0", self.prefix))
     }
 
     /// Everything of this layout (for `down` and tests).
@@ -107,6 +147,11 @@ impl Keys {
                 let ip = parts.next()?.parse().ok()?;
                 if kind == "endpoints" { Key::Endpoint(vni, ip) } else { Key::Static(vni, ip) }
             }
+            "subnets" | "static-subnets" => {
+                let vni = parts.next()?.parse().ok()?;
+                let net = parse_net_segment(parts.next()?)?;
+                if kind == "subnets" { Key::Subnet(vni, net) } else { Key::StaticSubnet(vni, net) }
+            }
             _ => return None,
         };
         parts.next().is_none().then_some(key)
@@ -121,9 +166,11 @@ mod tests {
     fn round_trips_and_rejects_strangers() {
         let k = Keys::new("/overlay/v1/");
         let ip = Ipv4Addr::new(10, 0, 10, 11);
-        for key in [Key::Node("h1".into()), Key::Endpoint(42, ip), Key::Static(42, ip)] {
+        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        for key in [Key::Node("h1".into()), Key::Endpoint(42, ip), Key::Static(42, ip), Key::Subnet(42, net), Key::StaticSubnet(42, net)] {
             assert_eq!(k.parse(&k.key(&key)), Some(key));
         }
+        assert_eq!(k.subnet(42, net), "/overlay/v1/subnets/42/10.244.3.0-24");
         assert_eq!(k.endpoint(42, ip), "/overlay/v1/endpoints/42/10.0.10.11");
         for other in [
             k.mac_claim(42, MacAddr::from_ipv4(ip)),
@@ -133,6 +180,9 @@ mod tests {
             "/overlay/v1/endpoints/x/10.0.10.11".into(),
             "/overlay/v2/nodes/h1".into(),
             "/overlay/v1x/nodes/h1".into(),
+            "/overlay/v1/subnets/42/10.244.3.1-24".into(),
+            "/overlay/v1/subnets/42/10.244.3.0/24".into(),
+            "/overlay/v1/subnets/42/10.244.3.0-33".into(),
         ] {
             assert_eq!(k.parse(&other), None, "{other}");
         }
@@ -143,7 +193,8 @@ mod tests {
         let k = Keys::new(DEFAULT_PREFIX);
         let (start, end) = k.watch_range();
         let ip = Ipv4Addr::new(10, 0, 10, 11);
-        for key in [k.node("h1"), k.endpoint(42, ip), k.static_endpoint(42, ip)] {
+        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        for key in [k.node("h1"), k.endpoint(42, ip), k.static_endpoint(42, ip), k.subnet(42, net), k.static_subnet(42, net)] {
             assert!(start <= key && key < end, "{key}");
         }
         for key in [k.mac_claim(42, MacAddr::from_ipv4(ip)), k.vtep_claim(ip), k.ip_reservation(42, ip), "/overlay/v10/nodes/h1".into()] {

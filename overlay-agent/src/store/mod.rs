@@ -14,6 +14,7 @@ pub mod ipam;
 pub mod keys;
 pub mod kv;
 pub mod registry;
+pub mod subnets;
 pub mod sync;
 
 use std::time::Duration;

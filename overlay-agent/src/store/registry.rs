@@ -31,6 +31,13 @@ pub enum ClaimError {
          or a renamed node whose old agent still runs (stop it with `overlay-agent down`)"
     )]
     VtepClaimed { vtep: Ipv4Addr, node: String },
+    #[error("subnet {subnet} of network {network} is already routed by {holder}")]
+    SubnetTaken { subnet: ipnet::Ipv4Net, network: String, holder: String },
+    #[error(
+        "network {network} has no free /{len} node subnet left in {cluster}: give it a larger subnet or a longer \
+         node_prefix_len, or remove nodes that are gone (their subnets return when their leases end)"
+    )]
+    NoFreeSubnet { network: String, cluster: ipnet::Ipv4Net, len: u8 },
     #[error("the store changed while {what}; try again")]
     Raced { what: &'static str },
     #[error(transparent)]
@@ -50,6 +57,20 @@ pub enum Registered {
 /// Who a key's value says holds it, for messages.
 pub(super) fn holder_of(current: &Option<KeyValue>, keys: &Keys) -> String {
     let Some(kv) = current else { return "someone who just left".into() };
+    // Subnet records have the fields of endpoint records: tell them apart by key.
+    match keys.parse(&kv.key) {
+        Some(super::keys::Key::Subnet(..)) => {
+            if let Ok(s) = serde_json::from_slice::<crate::records::SubnetRecord>(&kv.value) {
+                return format!("node {}", s.node);
+            }
+        }
+        Some(super::keys::Key::StaticSubnet(..)) => {
+            if let Ok(s) = serde_json::from_slice::<crate::records::StaticSubnetRecord>(&kv.value) {
+                return format!("a host without agent at {} (declared by {})", s.vtep, s.declared_by);
+            }
+        }
+        _ => {}
+    }
     if let Ok(e) = serde_json::from_slice::<EndpointRecord>(&kv.value) {
         return e.node;
     }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     desired::{Record, RecordKey},
-    records::{EndpointRecord, NodeRecord, RecordError, StaticRecord},
+    records::{EndpointRecord, NodeRecord, RecordError, StaticRecord, StaticSubnetRecord, SubnetRecord},
 };
 
 /// A typed change.
@@ -31,6 +31,8 @@ fn record_key(key: &Key) -> RecordKey {
         Key::Node(n) => RecordKey::Node(n.clone()),
         Key::Endpoint(vni, ip) => RecordKey::Endpoint(*vni, *ip),
         Key::Static(vni, ip) => RecordKey::Static(*vni, *ip),
+        Key::Subnet(vni, net) => RecordKey::Subnet(*vni, *net),
+        Key::StaticSubnet(vni, net) => RecordKey::StaticSubnet(*vni, *net),
     }
 }
 
@@ -39,6 +41,8 @@ fn decode(key: &Key, value: &[u8]) -> Result<Record, RecordError> {
         Key::Node(n) => Record::Node(NodeRecord::decode(n, value)?),
         Key::Endpoint(vni, ip) => Record::Endpoint(*vni, *ip, EndpointRecord::decode(*ip, value)?),
         Key::Static(vni, ip) => Record::Static(*vni, *ip, StaticRecord::decode(*ip, value)?),
+        Key::Subnet(vni, net) => Record::Subnet(*vni, *net, SubnetRecord::decode(value)?),
+        Key::StaticSubnet(vni, net) => Record::StaticSubnet(*vni, *net, StaticSubnetRecord::decode(value)?),
     })
 }
 

@@ -69,7 +69,7 @@ impl ScaleTopology {
             start_timeout: LOAD_TIMEOUT,
             ..LabOptions::default()
         };
-        let network = NetworkDef { name: NETWORK, vni: VNI, subnet: plan.subnet() };
+        let network = NetworkDef { name: NETWORK, vni: VNI, subnet: plan.subnet(), l3: None };
         let mut lab = Lab::with_options(underlay, &[network], options);
         lab.set_mode(AGENT, overlay_agent::config::DatapathMode::Ebpf);
         if let Some(level) = &o.agent_log {

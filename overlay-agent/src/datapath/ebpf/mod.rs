@@ -13,6 +13,7 @@ mod attach;
 mod error;
 mod load;
 pub mod pins;
+mod routes;
 mod tables;
 
 use std::{
@@ -72,6 +73,7 @@ pub struct EbpfDatapath {
     fdb: Table<overlay_common::FdbKey, overlay_common::FdbValue>,
     endpoints: Table<u32, overlay_common::EndpointValue>,
     flood: HashMap<MapData, u32, FloodValue>,
+    routes: routes::Routes,
     pins: Pins,
     features: Features,
     kernel: String,
@@ -150,7 +152,7 @@ fn write_config(ebpf: &mut Ebpf, s: &EbpfSettings, features: &Features) -> Resul
     let mut networks: HashMap<MapData, u32, NetworkValue> = take(ebpf, maps::NETWORKS)?;
     let mut cfg = DatapathConfig::zeroed();
     let mut served = BTreeSet::new();
-    for &NetSpec { vni, udp_port: port, mtu } in &s.networks {
+    for &NetSpec { vni, udp_port: port, mtu, .. } in &s.networks {
         let value = NetworkValue { udp_port_be: port.to_be(), mtu: mtu as u16, _pad: [0; 4] };
         networks.insert(vni, value, 0).map_err(map_err(maps::NETWORKS))?;
         served.insert(vni);
@@ -216,6 +218,7 @@ impl EbpfDatapath {
             fdb: Table::new(take(&mut ebpf, maps::FDB)?, maps::FDB, caps.fdb),
             endpoints: Table::new(take(&mut ebpf, maps::ENDPOINTS)?, maps::ENDPOINTS, caps.endpoints),
             flood: take(&mut ebpf, maps::FLOOD)?,
+            routes: routes::Routes::new(take(&mut ebpf, maps::ROUTES)?)?,
             ebpf,
             pins,
             features,
@@ -343,7 +346,7 @@ impl Datapath for EbpfDatapath {
     }
 
     fn usage(&self) -> Vec<TableUsage> {
-        vec![self.neigh.usage(), self.fdb.usage(), self.endpoints.usage()]
+        vec![self.neigh.usage(), self.fdb.usage(), self.endpoints.usage(), self.routes.usage()]
     }
 
     fn check_room(&self) -> Result<(), DatapathError> {
@@ -410,6 +413,8 @@ impl Datapath for EbpfDatapath {
                 out.changed += self.sync_flood_remote(d, vni).await?;
             }
         }
+        // Routes after the neighbour and FDB upserts, before their removals.
+        out.changed += self.routes.apply(d, dirty.routes.iter().copied())?;
         for k in &removals.2 {
             self.neigh.remove(k)?;
         }
@@ -447,6 +452,7 @@ impl Datapath for EbpfDatapath {
         out += self.endpoints.sync(d.local().values().map(|l| (l.ifindex, endpoint_value(l))))?;
         out += self.fdb.sync(d.all_fdb().map(|((vni, mac), t)| (overlay_common::FdbKey::new(vni, mac.0), fdb_value(t))))?;
         out += self.neigh.sync(d.all_neigh().map(|((vni, ip), mac)| (neigh_key(vni, ip), neigh_value(mac))))?;
+        out += self.routes.sync(d)?;
         let stale: Vec<u32> = self.flood.keys().filter_map(Result::ok).filter(|v| !d.serves(*v)).collect();
         for vni in stale {
             self.flood.remove(&vni).map_err(map_err(maps::FLOOD))?;
@@ -490,6 +496,10 @@ impl Datapath for EbpfDatapath {
             errors.push(EbpfError::Netlink { interface: ifname.clone(), source }.into());
         }
         errors.extend(devices::destroy(&self.nl, &self.devs).await.into_iter().map(DatapathError::from));
+        // A table kernel mode made before a switch to eBPF mode.
+        if let Err(e) = crate::firewall::remove() {
+            errors.push(e.into());
+        }
         match self.pins.remove_all() {
             Ok(n) => info!(dir = %self.pins.root().display(), pins = n, "eBPF datapath removed"),
             Err(e) => errors.push(e.into()),

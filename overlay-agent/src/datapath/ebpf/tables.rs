@@ -22,7 +22,7 @@ use std::{
 
 use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
 use overlay_common::{
-    EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbValue, FloodValue, NeighKey, NeighValue, limits::MAX_FLOOD_PORTS,
+    EndpointValue, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbValue, FloodValue, NeighKey, NeighValue, limits::MAX_FLOOD_PORTS,
 };
 
 use super::EbpfError;
@@ -229,6 +229,7 @@ pub fn fdb_value(t: FdbTarget) -> FdbValue {
         FdbTarget::Remote { vtep, udp_port } => {
             FdbValue { kind: FDB_REMOTE, ifindex: 0, vtep: vtep.octets(), udp_port_be: udp_port.to_be(), _pad: [0; 2] }
         }
+        FdbTarget::Router => FdbValue { kind: FDB_ROUTER, ifindex: 0, vtep: [0; 4], udp_port_be: 0, _pad: [0; 2] },
     }
 }
 

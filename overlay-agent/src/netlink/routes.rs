@@ -1,0 +1,75 @@
+//! Routes of the kernel datapath's L3 networks: `ip route replace SUBNET via NEXTHOP dev
+//! VXLAN onlink`, one per remote node subnet, as seeds/003 and flannel install them.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use rtnetlink::{
+    RouteMessageBuilder,
+    packet_route::route::{RouteAddress, RouteAttribute},
+};
+use tracing::debug;
+
+use super::{Netlink, NetlinkError, idempotent, request_error, validate_prefix_len};
+
+/// A route out of one device: destination, prefix length, next hop.
+pub type DeviceRoute = (Ipv4Addr, u8, Option<Ipv4Addr>);
+
+impl Netlink {
+    /// `ip route replace DST/LEN via VIA dev #OIF onlink`: the next hop is on the link
+    /// even though no address of the link covers it (the VXLAN device holds only a /32).
+    pub async fn route_replace_onlink(&self, dst: Ipv4Addr, prefix_len: u8, via: Ipv4Addr, oif: u32) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix_len)
+            .gateway(via)
+            .output_interface(oif)
+            .onlink()
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(request_error("replace route", format!("{dst}/{prefix_len} via {via}")))?;
+        debug!(%dst, prefix_len, %via, oif, "route replaced");
+        Ok(())
+    }
+
+    /// `ip route del DST/LEN dev #OIF`; fine if it is gone.
+    pub async fn route_del(&self, dst: Ipv4Addr, prefix_len: u8, oif: u32) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix_len).output_interface(oif).build();
+        let result = self.handle.route().del(msg).execute().await;
+        idempotent(result, &[libc::ESRCH, libc::ENOENT], "delete route", format!("{dst}/{prefix_len}")).map(drop)
+    }
+
+    /// The IPv4 routes of the main table out of link `oif` that have a next hop.
+    pub async fn routes_via(&self, oif: u32) -> Result<Vec<DeviceRoute>, NetlinkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(request_error("dump routes", format!("of #{oif}")))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif)))
+            .filter_map(|m| {
+                let mut dst = Ipv4Addr::UNSPECIFIED;
+                let mut via = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => via = Some(*ip),
+                        _ => {}
+                    }
+                }
+                via.map(|v| (dst, m.header.destination_prefix_length, Some(v)))
+            })
+            .collect())
+    }
+}
