@@ -157,6 +157,16 @@ pub struct RawNetwork {
     /// L3: this host's node subnet, instead of one allocated from the store.
     #[serde(default)]
     pub node_subnet: Option<Ipv4Net>,
+    /// Containers reach their own host through a gateway (default true). L2: one
+    /// address of the subnet, the same on every host (an anycast gateway); L3: the node
+    /// subnet's first address, which routes anyway.
+    #[serde(default)]
+    pub gateway: Option<bool>,
+    /// Traffic from containers to destinations outside every overlay network leaves
+    /// through the host's routing with source NAT to the host's address (default true;
+    /// needs the gateway).
+    #[serde(default)]
+    pub masquerade: Option<bool>,
 }
 
 /// How a network spans hosts.
@@ -255,6 +265,9 @@ pub struct Network {
     pub node_prefix_len: u8,
     /// L3 only: this host's node subnet as configured (else allocated from the store).
     pub node_subnet: Option<Ipv4Net>,
+    /// Containers reach their host (and, with `masquerade`, the world) through a gateway.
+    pub gateway: bool,
+    pub masquerade: bool,
 }
 
 impl Network {
@@ -481,6 +494,14 @@ impl RawConfig {
                     ));
                 }
             }
+            let gateway = n.gateway.unwrap_or(true);
+            if n.mode == NetworkMode::L3 && !gateway {
+                return Err(invalid(field("gateway"), "an L3 network routes through its gateway; gateway = false applies to L2 networks"));
+            }
+            let masquerade = n.masquerade.unwrap_or(gateway);
+            if masquerade && !gateway {
+                return Err(invalid(field("masquerade"), "needs the gateway (gateway = true): the way out is through the host"));
+            }
             networks.push(Network {
                 name: n.name,
                 vni: n.vni,
@@ -490,6 +511,8 @@ impl RawConfig {
                 mode: n.mode,
                 node_prefix_len,
                 node_subnet: n.node_subnet,
+                gateway,
+                masquerade,
             });
         }
         if ports.len() > limits::MAX_UDP_PORTS {

@@ -59,6 +59,9 @@ pub struct LocalRecord {
     /// Who plugged it (see `EndpointSpec::owner`).
     #[serde(default)]
     pub owner: Option<String>,
+    /// Ports published to the host's address (`--publish`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::firewall::PortMapping>,
 }
 
 /// The whole file.
@@ -173,7 +176,9 @@ mod tests {
             host_ifname: "ovl1234abcd".into(),
             host_ifindex: 7,
             owner: None,
+            publish: vec!["8080:80/tcp".parse().unwrap()],
         });
+        s.node_subnets.insert(50, "10.50.3.0/24".parse().unwrap());
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path(), "h1").unwrap(), Some(s.clone()));
         assert!(matches!(load(dir.path(), "h2"), Err(StateError::OtherNode { .. })));

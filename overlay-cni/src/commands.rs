@@ -99,6 +99,7 @@ impl<'a> Call<'a> {
         let ipam = self.ipam()?;
         let ip = ipam.as_ref().map(Ipam::add).transpose()?;
         let spec = EndpointSpec {
+            publish: Vec::new(),
             network: self.conf.network().to_owned(),
             netns: netns.clone(),
             ip,

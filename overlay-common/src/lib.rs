@@ -184,12 +184,22 @@ impl RouteKey {
     pub const VNI_BITS: u32 = 32;
 }
 
-/// A remote node subnet in an L3 network: the node's VTEP, and the MAC its routed
-/// frames must carry as inner destination (that node's router MAC, which a plain Linux
-/// host has as its VXLAN device's address).
+/// [`RouteValue::kind`]: a node subnet of another host, reached over VXLAN.
+pub const ROUTE_REMOTE: u32 = 1;
+/// [`RouteValue::kind`]: handed to this host's own stack (its gateway address, and the
+/// default route of a network whose gateway leads out): the host routes it further.
+pub const ROUTE_HOST: u32 = 2;
+/// [`RouteValue::kind`]: an overlay range with no route (addresses of the network no
+/// node holds, and every other network: isolation); dropped.
+pub const ROUTE_BLOCKED: u32 = 3;
+
+/// Where routed frames to a prefix go. For [`ROUTE_REMOTE`], the node's VTEP and the
+/// MAC its routed frames must carry as inner destination (that node's router MAC, which
+/// a plain Linux host has as its VXLAN device's address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteValue {
+    pub kind: u32,
     pub vtep: [u8; 4],
     pub mac: [u8; 6],
     /// The VXLAN UDP destination port, network byte order.
@@ -342,7 +352,7 @@ mod tests {
         assert_eq!(size_of::<ProbeArgs>(), 32);
         assert_eq!(size_of::<FloodValue>(), 8 + 4 * limits::MAX_FLOOD_PORTS);
         assert_eq!(size_of::<RouteKey>(), 8);
-        assert_eq!(size_of::<RouteValue>(), 12);
+        assert_eq!(size_of::<RouteValue>(), 16);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum Reason {
     PassIpOptions = 18,
     /// The datapath has no configuration yet (agent starting).
     PassNotConfigured = 19,
+    /// Routed to the host itself: its gateway address, or a destination outside every
+    /// overlay network (the host routes it on, with source NAT when configured).
+    PassToHost = 20,
 
     // --- dropped (32..=63)
     /// Headers shorter than they claim or than the protocol needs.
@@ -95,8 +98,10 @@ pub enum Reason {
     /// A frame to the router MAC (L3 network) that is not IPv4, or is an IPv4 packet
     /// with options or shorter than its header.
     RouteNotIpv4 = 46,
-    /// Routed to an address with no route: no node subnet of the network holds it and no
-    /// local endpoint has it.
+    /// Routed to an address with no route: an overlay address that no node subnet of
+    /// the network holds and no local endpoint has, an address of another overlay
+    /// network (isolation), or anything else when the network has no gateway to the
+    /// host.
     NoRoute = 47,
     /// Routed with TTL 1 or 0: a router must not forward it (RFC 791, RFC 1812 5.3.1).
     TtlExceeded = 48,
@@ -111,7 +116,7 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
@@ -123,6 +128,7 @@ impl Reason {
         Reason::PassFragment,
         Reason::PassIpOptions,
         Reason::PassNotConfigured,
+        Reason::PassToHost,
         Reason::Malformed,
         Reason::UnknownEndpoint,
         Reason::SourceMacMismatch,
@@ -163,6 +169,7 @@ impl Reason {
             17 => Reason::PassFragment,
             18 => Reason::PassIpOptions,
             19 => Reason::PassNotConfigured,
+            20 => Reason::PassToHost,
             32 => Reason::Malformed,
             33 => Reason::UnknownEndpoint,
             34 => Reason::SourceMacMismatch,
@@ -198,6 +205,7 @@ impl Reason {
             Reason::PassFragment => "pass-fragment",
             Reason::PassIpOptions => "pass-ip-options",
             Reason::PassNotConfigured => "pass-not-configured",
+            Reason::PassToHost => "pass-to-host",
             Reason::Malformed => "malformed",
             Reason::UnknownEndpoint => "unknown-endpoint",
             Reason::SourceMacMismatch => "source-mac-mismatch",

@@ -5,7 +5,9 @@
 //! subnet (`OVL_ROUTES`), encapsulated with that host's router MAC as inner destination.
 //! A routed packet from another host is delivered the same way after decapsulation, so
 //! a container-to-container packet across hosts loses two TTL, as through two Linux
-//! routers.
+//! routers. The same router MAC is the gateway of an L2 network (one anycast address on
+//! every host): there every destination is local or on the L2 segment, so only the
+//! host's routes (`ROUTE_HOST`, `ROUTE_BLOCKED`) apply.
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use network_types::{
@@ -13,7 +15,8 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 use overlay_common::{
-    DatapathConfig, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, NeighKey, Reason, RouteKey,
+    DatapathConfig, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, NeighKey, ROUTE_HOST, ROUTE_REMOTE,
+    Reason, RouteKey,
 };
 
 use crate::{
@@ -22,6 +25,9 @@ use crate::{
     redirect,
     stats::Outcome,
 };
+
+/// `PACKET_HOST` from include/uapi/linux/if_packet.h.
+const PACKET_HOST: u32 = 0;
 
 /// Offset of the IPv4 header in an Ethernet frame.
 const IP_OFF: usize = EthHdr::LEN;
@@ -54,6 +60,20 @@ pub fn from_container(
     );
     // SAFETY: the value is copied out at once; the agent replaces entries whole.
     let route = *unsafe { crate::OVL_ROUTES.get(&key) }.ok_or(Reason::NoRoute)?;
+    match route.kind {
+        ROUTE_REMOTE => {}
+        ROUTE_HOST => {
+            // The host's own stack routes it (its gateway address, or out through the
+            // host's routing with NAT). The frame carries the router MAC, not the veth's,
+            // so the veth marked it PACKET_OTHERHOST and `ip_rcv_core` would drop it:
+            // mark it PACKET_HOST as Cilium's to-host path does. The TTL is the host's
+            // to decrement if it forwards.
+            ctx.change_type(PACKET_HOST).map_err(|_| Reason::RedirectFailed)?;
+            return Ok(Reason::PassToHost);
+        }
+        // ROUTE_BLOCKED: another overlay network, or an address no node holds.
+        _ => return Err(Reason::NoRoute),
+    }
     decrement_ttl(ctx)?;
     let inner = EthHdr {
         dst_addr: route.mac,

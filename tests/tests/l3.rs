@@ -40,7 +40,9 @@ fn nth(net: Ipv4Net, n: u32) -> Ipv4Addr {
 
 /// Waits until host `i`'s datapath routes `count` remote node subnets of `vni`.
 fn wait_routes(lab: &Lab, i: usize, vni: u32, count: usize) {
-    lab.wait_for_dump(i, &format!("{count} routes of VNI {vni}"), CONVERGE, |d| d.routes.iter().filter(|r| r.vni == vni).count() == count);
+    lab.wait_for_dump(i, &format!("{count} routes of VNI {vni}"), CONVERGE, |d| {
+        d.routes.iter().filter(|r| r.vni == vni && r.kind == "remote").count() == count
+    });
 }
 
 fn pings(from: &NetNs, to: Ipv4Addr) -> bool {
@@ -116,7 +118,7 @@ fn node_subnets_are_allocated_once_and_containers_are_routed_between_them() {
     }
     let far_macs = [lab.container("b1").mac, lab.container("c1").mac];
     assert!(!d.fdb.iter().any(|f| far_macs.contains(&f.mac)), "{d:#?}");
-    let routed: Vec<Ipv4Net> = d.routes.iter().map(|r| r.subnet).collect();
+    let routed: Vec<Ipv4Net> = d.routes.iter().filter(|r| r.kind == "remote").map(|r| r.subnet).collect();
     assert!(routed.contains(&subnets[1]) && routed.contains(&subnets[2]), "{d:#?}");
     if ebpf() {
         assert!(d.packets(Direction::FromContainer, Reason::Encapsulated) > 0, "{d:#?}");

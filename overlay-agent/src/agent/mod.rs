@@ -17,10 +17,13 @@
 //! removes everything and revokes the lease, so peers drop the node at once.
 
 mod control;
+mod gateway;
 mod ipam;
 mod requests;
 mod startup;
 mod subnets;
+
+pub use subnets::l2_gateway;
 pub mod teardown;
 
 use std::{
@@ -92,6 +95,8 @@ pub enum AgentError {
          start again once the store answers, or set network.node_subnet"
     )]
     NoNodeSubnet { network: String },
+    #[error(transparent)]
+    Firewall(crate::firewall::FirewallError),
 }
 
 /// A container this agent plugged in.
@@ -324,7 +329,12 @@ impl Agent {
         s.endpoints = self.local.values().map(|l| l.record.clone()).collect();
         s.pending_withdrawals.clone_from(&self.pending_withdrawals);
         s.clsact_added = self.clsact_added();
-        s.node_subnets = self.config.networks.iter().filter_map(|n| Some((n.vni, self.desired.router(n.vni)?.subnet))).collect();
+        s.node_subnets = self
+            .config
+            .networks
+            .iter()
+            .filter_map(|n| Some((n.vni, self.desired.router(n.vni).filter(|r| r.l3)?.subnet)))
+            .collect();
         s
     }
 

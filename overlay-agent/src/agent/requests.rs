@@ -86,6 +86,12 @@ pub enum RequestError {
     SubnetOutside { subnet: ipnet::Ipv4Net, network: String, cluster: ipnet::Ipv4Net },
     #[error("no static subnet {subnet} in network {network} (see `overlay-agent status`)")]
     NoSuchSubnet { subnet: ipnet::Ipv4Net, network: String },
+    #[error("{mapping}: host port {host_port}/{proto} is already published by {holder}")]
+    PortTaken { mapping: crate::firewall::PortMapping, host_port: u16, proto: &'static str, holder: Ipv4Addr },
+    #[error("{mapping}: the host port is given twice")]
+    PortRepeated { mapping: crate::firewall::PortMapping },
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
     #[error(transparent)]
     Claim(#[from] ClaimError),
     #[error(transparent)]
@@ -243,6 +249,7 @@ impl Agent {
             return Err(RequestError::TooManyEndpoints { network: net.name, max });
         }
         self.datapath.check_room()?;
+        self.check_ports(&spec.publish)?;
         let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
         if !spec.handoff {
             plumb::preflight(&spec.netns, &ifname).await?;
@@ -293,8 +300,21 @@ impl Agent {
             host_ifname: plugged.host_ifname.clone(),
             host_ifindex: plugged.host_ifindex,
             owner: spec.owner.clone(),
+            publish: spec.publish.clone(),
         };
         self.local.insert((net.vni, ip), Local { record, unpublished: None });
+        // 4. Published ports, once the container is reachable.
+        if !spec.publish.is_empty()
+            && let Err(e) = self.sync_firewall()
+        {
+            self.local.remove(&(net.vni, ip));
+            if let Err(undo) = self.sync_firewall() {
+                warn!(error = %undo, "undo: rewriting the nftables table");
+            }
+            self.undo_plug(&ep).await;
+            self.undo_claim(net.vni, ip).await;
+            return Err(e.into());
+        }
         self.save_state();
         info!(network = %net.name, ip = %ip, %mac, netns = %spec.netns, host_if = %plugged.host_ifname, owner = ?spec.owner, "endpoint added");
         let mut info = self.local_info(&self.local[&(net.vni, ip)]);
@@ -329,6 +349,13 @@ impl Agent {
         };
         let info = self.local_info(&local);
         let vni = local.record.vni;
+        // Its published ports go first: nothing may be forwarded to an address that is
+        // about to be handed to another container.
+        if !local.record.publish.is_empty()
+            && let Err(e) = self.sync_firewall()
+        {
+            warn!(network, %ip, error = %e, "removing the endpoint's published ports; retried with the next change");
+        }
         // Withdraw from peers first so they stop sending; if the store cannot take it
         // now, it is sent when the store is back (the endpoint goes locally at once).
         let withdrawn = if matches!(*self.conn.borrow(), Connection::Connected) {
@@ -413,6 +440,7 @@ impl Agent {
             owner: r.owner.clone(),
             handed_off: None,
             unpublished: l.unpublished.clone(),
+            publish: r.publish.clone(),
         }
     }
 
@@ -436,6 +464,7 @@ impl Agent {
                 owner: None,
                 handed_off: None,
                 unpublished: None,
+                publish: Vec::new(),
             });
         }
         out.extend(self.desired.statics().map(|(vni, ip, st)| static_info(vni, ip, st)));
@@ -481,7 +510,7 @@ impl Agent {
                     local_endpoints: self.local.keys().filter(|(vni, _)| *vni == n.vni).count(),
                     remote_endpoints: self.desired.remote_count(n.vni),
                     mode: n.mode,
-                    node_subnet: self.desired.router(n.vni).map(|r| r.subnet),
+                    node_subnet: self.desired.router(n.vni).filter(|r| r.l3).map(|r| r.subnet),
                     gateway: self.desired.router(n.vni).map(|r| r.gateway),
                     router_mac: self.desired.router(n.vni).map(|r| r.mac),
                 })
@@ -513,5 +542,6 @@ fn static_info(vni: u32, ip: Ipv4Addr, st: &StaticRecord) -> EndpointInfo {
         owner: None,
         handed_off: None,
         unpublished: None,
+        publish: Vec::new(),
     }
 }

@@ -65,7 +65,7 @@ async fn check_host(config: &Config, host: &Netlink) -> Result<HostFacts, AgentE
         if mtu < 576 {
             return Err(AgentError::MtuTooSmall { network: n.name.clone(), mtu });
         }
-        networks.push(NetSpec { vni: n.vni, udp_port: n.udp_port, mtu, router: None });
+        networks.push(NetSpec { vni: n.vni, udp_port: n.udp_port, mtu, subnet: n.subnet, router: None });
     }
     Ok(HostFacts { underlay, vtep, networks })
 }
@@ -260,6 +260,8 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
     // Local entries only: nothing learnt from the store is removed before its first
     // full list has been applied.
     agent.flush().await?;
+    // The gateways' NAT and the published ports of adopted endpoints.
+    agent.sync_firewall().map_err(AgentError::Firewall)?;
     agent.save_state();
     info!(adopted = agent.local.len(), mode = agent.datapath.mode(), "datapath and local endpoints in place");
     Ok((agent, Listeners { control: listener, docker }))

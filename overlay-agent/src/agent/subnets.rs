@@ -43,10 +43,24 @@ pub fn router_mac(node: &str, vni: u32) -> MacAddr {
     MacAddr([0x0e, b[0], b[1], b[2], b[3], b[4]])
 }
 
-/// The router of `net` on `node` once `subnet` is known.
+/// The anycast gateway MAC of L2 network `vni`: the same on every host, so a container
+/// keeps its gateway's MAC wherever it runs (as EVPN fabrics' anycast gateways do).
+/// Never published: each host answers for it locally. (A NUL never occurs in a node
+/// name, so no node's router MAC comes from the same input.)
+pub fn anycast_mac(vni: u32) -> MacAddr {
+    router_mac("\0anycast-gateway", vni)
+}
+
+/// The router of L3 network `net` on `node` once its node subnet is known.
 pub fn router(node: &str, net: &Network, subnet: Ipv4Net) -> Router {
     let gateway = ipam::gateway(subnet).unwrap_or(subnet.network());
-    Router { subnet, gateway, mac: router_mac(node, net.vni) }
+    Router { subnet, gateway, mac: router_mac(node, net.vni), l3: true }
+}
+
+/// The anycast gateway of L2 network `net`, if it has one: the subnet's first address.
+pub fn l2_gateway(net: &Network) -> Option<Router> {
+    let gateway = ipam::gateway(net.subnet).filter(|_| net.gateway && net.mode == NetworkMode::L2)?;
+    Some(Router { subnet: net.subnet, gateway, mac: anycast_mac(net.vni), l3: false })
 }
 
 fn record(config: &Config, net: &Network) -> SubnetRecord {
@@ -58,7 +72,8 @@ fn record(config: &Config, net: &Network) -> SubnetRecord {
     }
 }
 
-/// The node subnet of every L3 network of `config`. `lease`: `None` when the store was
+/// This host's router in every network that has one: the anycast gateway of L2 networks
+/// with a gateway, and the node subnet of every L3 network of `config`. `lease`: `None` when the store was
 /// unreachable at start; then the configured or previously held subnet is used (and
 /// claimed at registration), and a network without either cannot start.
 pub(super) async fn acquire(
@@ -68,7 +83,7 @@ pub(super) async fn acquire(
     lease: Option<LeaseId>,
     saved: Option<&AgentState>,
 ) -> Result<BTreeMap<u32, Router>, AgentError> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<u32, Router> = config.networks.iter().filter_map(|n| Some((n.vni, l2_gateway(n)?))).collect();
     for net in config.networks.iter().filter(|n| n.mode == NetworkMode::L3) {
         let before = saved.and_then(|s| s.node_subnets.get(&net.vni).copied());
         let subnet = match (lease, net.node_subnet) {
@@ -101,7 +116,7 @@ impl Agent {
     /// own containers.
     pub(super) async fn publish_subnets(&mut self) -> Result<(), crate::store::StoreError> {
         for net in self.config.networks.iter().filter(|n| n.mode == NetworkMode::L3) {
-            let Some(r) = self.desired.router(net.vni).copied() else { continue };
+            let Some(r) = self.desired.router(net.vni).copied().filter(|r| r.l3) else { continue };
             match subnets::claim(&self.kv, &self.keys, net.vni, r.subnet, &record(&self.config, net), self.lease).await {
                 Ok(()) => {}
                 Err(ClaimError::Store(e)) => return Err(e),
@@ -183,7 +198,7 @@ impl Agent {
             .map(|(vni, subnet, node, mac)| SubnetInfo { network: name(vni), vni, subnet, node, mac })
             .collect();
         for n in &self.config.networks {
-            if let Some(r) = self.desired.router(n.vni) {
+            if let Some(r) = self.desired.router(n.vni).filter(|r| r.l3) {
                 out.push(SubnetInfo { network: n.name.clone(), vni: n.vni, subnet: r.subnet, node: self.config.node_name.clone(), mac: r.mac });
             }
         }

@@ -33,6 +33,9 @@ pub struct EndpointSpec {
     /// runtimes that find their endpoints again by their own ids.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Container ports reachable at ports of the host's underlay address.
+    #[serde(default)]
+    pub publish: Vec<crate::firewall::PortMapping>,
 }
 
 /// An address reserved ahead of its endpoint (an IPAM request).
@@ -143,6 +146,9 @@ pub struct EndpointInfo {
     /// `None` when it is published.
     #[serde(default)]
     pub unpublished: Option<String>,
+    /// Local only: its published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::firewall::PortMapping>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

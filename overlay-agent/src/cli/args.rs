@@ -65,6 +65,10 @@ pub struct EndpointAddArgs {
     /// Interface name inside the container.
     #[arg(long, default_value = "eth0")]
     pub ifname: String,
+    /// Make a container port reachable at a port of the host's underlay address, as
+    /// `docker run -p` does: HOST_PORT:CONTAINER_PORT[/tcp|/udp] (repeatable).
+    #[arg(long = "publish", short = 'p')]
+    pub publish: Vec<crate::firewall::PortMapping>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -20,6 +20,7 @@ pub fn add(config: &Config, a: EndpointAddArgs) -> Result<()> {
         ifname: Some(a.ifname),
         handoff: false,
         owner: None,
+        publish: a.publish,
     });
     match call(config, &req)? {
         Response::Endpoint(info) => show_one(&info, a.output, "added"),

@@ -73,16 +73,16 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
     }
     println!("\nbroadcast/multicast replication\n{t}");
     if !d.routes.is_empty() {
-        let mut t = table(&["VNI", "NODE SUBNET", "VIA"]);
+        let mut t = table(&["VNI", "PREFIX", "KIND", "VIA"]);
         for r in &d.routes {
             let via = match (r.vtep, r.mac, r.udp_port, r.via) {
                 (Some(v), Some(m), Some(p), _) => format!("{v}:{p} (router MAC {m})"),
                 (_, _, _, Some(hop)) => format!("{hop} onlink"),
                 _ => "-".into(),
             };
-            t.add_row(vec![r.vni.to_string(), r.subnet.to_string(), via]);
+            t.add_row(vec![r.vni.to_string(), r.subnet.to_string(), r.kind.clone(), via]);
         }
-        println!("\nroutes (L3 networks)\n{t}");
+        println!("\nroutes (node subnets of L3 networks, gateways)\n{t}");
     }
     let mut t = table(&["DIRECTION", "REASON", "KIND", "PACKETS", "BYTES"]);
     for s in &d.stats {

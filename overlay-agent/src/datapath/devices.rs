@@ -64,7 +64,9 @@ pub struct NetSpec {
     pub vni: u32,
     pub udp_port: u16,
     pub mtu: u32,
-    /// An L3 network: this host's router in it.
+    /// The network's subnet.
+    pub subnet: ipnet::Ipv4Net,
+    /// This host's router in the network (an L3 network, or an L2 network's gateway).
     pub router: Option<super::Router>,
 }
 
@@ -94,6 +96,9 @@ pub async fn ensure(
     nets: &[NetSpec],
     bridged: bool,
 ) -> Result<BTreeMap<u32, NetDevices>, DeviceError> {
+    if nets.iter().any(|n| n.router.is_some()) {
+        enable_forwarding()?;
+    }
     let mut made = BTreeMap::new();
     for net in nets {
         match ensure_one(nl, vtep, underlay_index, net, bridged).await {
@@ -196,6 +201,15 @@ async fn ensure_one(
                     .map_err(nl_err("adding the VXLAN device to the bridge", &name))?;
             }
         }
+        // An L2 network's anycast gateway: the bridge answers for the address with the
+        // MAC every host gives it. The VXLAN device's ARP proxying keeps the requests
+        // for it on this host.
+        if let Some(r) = net.router.filter(|r| !r.l3) {
+            nl.set_link(idx, LinkChange { mac: Some(r.mac.0), ..Default::default() })
+                .await
+                .map_err(nl_err("setting the gateway MAC", &br))?;
+            nl.add_address(idx, r.gateway, r.subnet.prefix_len()).await.map_err(nl_err("adding the gateway address", &br))?;
+        }
         bridge_index = Some(idx);
     } else if let Some(b) = existing_bridge {
         // Kernel mode's bridge, from before a switch to eBPF mode.
@@ -204,10 +218,35 @@ async fn ensure_one(
     nl.set_link(vxlan_index, LinkChange { mtu: Some(net.mtu), up: Some(true), ..Default::default() })
         .await
         .map_err(nl_err("bringing the VXLAN device up", &name))?;
+    ensure_gateway_address(nl, net, vxlan_index, bridged).await?;
     if created {
         info!(device = %name, vni = net.vni, port = net.udp_port, bridged, "VXLAN device ready");
     }
     Ok((NetDevices { vni: net.vni, udp_port: net.udp_port, vxlan_index, bridge_index }, created))
+}
+
+/// eBPF mode, a network with a gateway: the host must own the gateway address for the
+/// containers to reach it, and with no bridge the network's VXLAN device holds it as a
+/// /32 (kernels without the dummy driver are common; the VXLAN device exists anyway).
+async fn ensure_gateway_address(nl: &Netlink, net: &NetSpec, vxlan_index: u32, bridged: bool) -> Result<(), DeviceError> {
+    if let Some(r) = net.router.filter(|_| !bridged) {
+        let name = vxlan_name(net.vni);
+        nl.add_address(vxlan_index, r.gateway, 32).await.map_err(nl_err("adding the gateway address", &name))?;
+    }
+    Ok(())
+}
+
+/// `sysctl net.ipv4.ip_forward=1` in the agent's network namespace: a host with a
+/// gateway or an L3 network routes for its containers. Left on at `down` (other software
+/// on a host may rely on it, as with Docker's and flannel's).
+pub fn enable_forwarding() -> Result<(), DeviceError> {
+    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(PATH, "1").map_err(|source| DeviceError::Sysctl { path: PATH, source })?;
+    info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1) for the networks' gateways");
+    Ok(())
 }
 
 async fn index_of(nl: &Netlink, name: &str) -> Result<u32, DeviceError> {

@@ -83,13 +83,7 @@ impl KernelDatapath {
             synced: false,
             reason,
         };
-        let l3: Vec<u32> = nets.iter().filter(|n| n.router.is_some()).map(|n| n.vni).collect();
-        if !l3.is_empty() {
-            enable_forwarding()?;
-            crate::firewall::apply(&l3)?;
-        } else if crate::firewall::remove()? {
-            debug!("removed the nftables table of L3 networks no longer configured");
-        }
+
         dp.read_tables().await?;
         info!(networks = dp.devs.len(), neigh = dp.neigh.len(), fdb = dp.fdb.len(), reason = %dp.reason, "kernel VXLAN datapath ready");
         Ok(dp)
@@ -231,19 +225,6 @@ fn remote_fdb(d: &Desired, vni: u32, mac: MacAddr) -> Option<FdbTarget> {
         // The bridge learns local MACs; the gateway is the bridge's own address.
         super::FdbTarget::Local { .. } | super::FdbTarget::Router => None,
     }
-}
-
-/// `sysctl net.ipv4.ip_forward=1` in the agent's network namespace: an L3 network's
-/// host routes between its bridge and its VXLAN device. Left on at `down` (other
-/// software on a host may rely on it, as with Docker's and flannel's).
-fn enable_forwarding() -> Result<(), DatapathError> {
-    const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(PATH).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(PATH, "1").map_err(|source| DeviceError::Sysctl { path: PATH, source })?;
-    info!("enabled IPv4 forwarding (net.ipv4.ip_forward = 1) for the L3 networks");
-    Ok(())
 }
 
 impl Datapath for KernelDatapath {

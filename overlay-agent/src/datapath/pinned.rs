@@ -111,6 +111,9 @@ pub struct FloodRow {
 pub struct RouteRow {
     pub vni: u32,
     pub subnet: ipnet::Ipv4Net,
+    /// "remote" (another host's node subnet), "host" (handed to this host: the
+    /// gateway, the default route) or "blocked" (an overlay range without a route).
+    pub kind: String,
     /// eBPF: the VTEP and router MAC routed frames go to.
     pub vtep: Option<Ipv4Addr>,
     pub mac: Option<MacAddr>,
@@ -271,12 +274,19 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
             let data = k.data();
             let len = k.prefix_len().saturating_sub(RouteKey::VNI_BITS).min(32) as u8;
             let Ok(subnet) = ipnet::Ipv4Net::new(data.ip.into(), len) else { continue };
+            let remote = v.kind == overlay_common::ROUTE_REMOTE;
             routes.push(RouteRow {
                 vni: u32::from_be_bytes(data.vni_be),
                 subnet,
-                vtep: Some(v.vtep.into()),
-                mac: Some(MacAddr(v.mac)),
-                udp_port: Some(u16::from_be(v.udp_port_be)),
+                kind: match v.kind {
+                    overlay_common::ROUTE_REMOTE => "remote".into(),
+                    overlay_common::ROUTE_HOST => "host".into(),
+                    overlay_common::ROUTE_BLOCKED => "blocked".into(),
+                    other => format!("unknown({other})"),
+                },
+                vtep: remote.then(|| v.vtep.into()),
+                mac: remote.then_some(MacAddr(v.mac)),
+                udp_port: remote.then(|| u16::from_be(v.udp_port_be)),
                 via: None,
             });
         }

@@ -64,13 +64,17 @@ pub enum FdbTarget {
     Router,
 }
 
-/// This host's part in an L3 network: the node subnet it routes, the containers'
-/// gateway (the subnet's first address) and the router MAC that answers for it.
+/// This host's router in a network: in an L3 network the node subnet it routes, the
+/// containers' gateway (the subnet's first address) and the router MAC that answers for
+/// it; in an L2 network with a gateway, the network's subnet and its anycast gateway
+/// (the same address and MAC on every host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Router {
     pub subnet: Ipv4Net,
     pub gateway: Ipv4Addr,
     pub mac: MacAddr,
+    /// An L3 network (else L2 with a gateway).
+    pub l3: bool,
 }
 
 /// A node subnet published by a node (in an L3 network), as kept here.
@@ -227,7 +231,7 @@ impl Desired {
     }
 
     pub fn is_l3(&self, vni: u32) -> bool {
-        self.routers.contains_key(&vni)
+        self.routers.get(&vni).is_some_and(|r| r.l3)
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -279,7 +283,7 @@ impl Desired {
         }
         // In an L3 network a remote is a node subnet: a route; broadcast stays on the
         // host (no flood entries).
-        let l3 = self.routers.contains_key(&vni);
+        let l3 = self.is_l3(vni);
         if l3 && track {
             self.dirty.routes.insert((vni, ip));
         }

@@ -197,17 +197,18 @@ impl Driver {
             ifname: None,
             handoff: true,
             owner: Some(format!("docker:{}", r.endpoint_id)),
+            // Docker publishes ports itself (`docker run -p`).
+            publish: Vec::new(),
         };
         let info = match self.call(Request::EndpointAdd(spec)).await? {
             Response::Endpoint(info) => info,
             other => return Err(DriverError::unexpected(format!("unexpected answer from the agent: {other:?}"))),
         };
         let src_name = info.handed_off.ok_or_else(|| DriverError::unexpected("the agent kept the container end of the veth"))?;
-        Ok(JoinResponse {
-            interface_name: InterfaceName { src_name, dst_prefix: "eth".into() },
-            gateway: String::new(),
-            disable_gateway_service: true,
-        })
+        // The network's anycast gateway (the agent answers for it on every host) is the
+        // container's default route; dockerd adds no gateway bridge of its own.
+        let gateway = crate::agent::l2_gateway(&net).map_or_else(String::new, |r| r.gateway.to_string());
+        Ok(JoinResponse { interface_name: InterfaceName { src_name, dst_prefix: "eth".into() }, gateway, disable_gateway_service: true })
     }
 
     pub async fn leave(&self, r: EndpointRef) -> Result<serde_json::Value, DriverError> {

@@ -5,19 +5,30 @@
 //! a whole. The `nft` tool (Debian's `nftables` package) speaks the netlink protocol
 //! for us: the rules are few and change only with the config.
 //!
-//! Today it holds the isolation of L3 networks in kernel mode: the host routes between
-//! each network's bridge and VXLAN device, and without a rule it would also route from
-//! one network into another. (The eBPF datapath never hands routed frames to the host,
-//! so it needs no rule.)
+//! It holds:
+//! - in kernel mode, the isolation of networks: the host routes between each network's
+//!   bridge and VXLAN device, and without a rule it would also route from one network
+//!   into another (the eBPF datapath never hands frames for another network to the
+//!   host, so it needs no rule);
+//! - source NAT (`masquerade`) for traffic from containers to outside every overlay
+//!   network;
+//! - published ports (`endpoint add --publish`): DNAT from this host's address.
 
 use std::{
     io::Write as _,
+    net::Ipv4Addr,
     process::{Command, Stdio},
 };
+
+use ipnet::Ipv4Net;
 
 use tracing::{debug, info};
 
 use crate::datapath::devices::{bridge_name, vxlan_name};
+
+mod ports;
+
+pub use ports::{ParsePortError, PortMapping};
 
 /// The table's family and name.
 pub const TABLE: &str = "inet overlay_agent";
@@ -36,20 +47,102 @@ pub enum FirewallError {
     Refused { stderr: String },
 }
 
-/// The ruleset text for the L3 networks `vnis` (kernel mode).
-pub fn ruleset(vnis: &[u32]) -> String {
-    let mut forward = String::new();
-    for vni in vnis {
-        let devs = format!("{{ \"{}\", \"{}\" }}", bridge_name(*vni), vxlan_name(*vni));
-        forward += &format!("        iifname {devs} oifname {devs} accept\n");
+/// A published port: `host_ip:host_port` (this host's underlay address) forwarded to
+/// `ip:port` in a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dnat {
+    pub proto: Proto,
+    pub host_ip: Ipv4Addr,
+    pub host_port: u16,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// What the table holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    /// Kernel mode: the networks whose devices (bridge, VXLAN device) must not forward
+    /// into another network's.
+    pub isolate: Vec<u32>,
+    /// Every overlay subnet this host serves.
+    pub overlay: Vec<Ipv4Net>,
+    /// Subnets whose traffic to destinations outside every overlay subnet leaves with
+    /// the host's address (source NAT).
+    pub masquerade: Vec<Ipv4Net>,
+    pub publish: Vec<Dnat>,
+}
+
+impl Ruleset {
+    pub fn is_empty(&self) -> bool {
+        self.isolate.is_empty() && self.masquerade.is_empty() && self.publish.is_empty()
     }
-    // Anything else from one overlay device to another crosses networks.
-    for (i, o) in [("ovbr", "ovbr"), ("ovbr", "ovvx"), ("ovvx", "ovbr"), ("ovvx", "ovvx")] {
-        forward += &format!("        iifname \"{i}*\" oifname \"{o}*\" counter drop comment \"isolation between overlay networks\"\n");
+
+    /// The `nft -f -` script that replaces the table with this ruleset.
+    pub fn script(&self) -> String {
+        let mut t = format!("table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+        if !self.isolate.is_empty() {
+            t += "    chain forward {\n        type filter hook forward priority filter; policy accept;\n";
+            for vni in &self.isolate {
+                let devs = format!("{{ \"{}\", \"{}\" }}", bridge_name(*vni), vxlan_name(*vni));
+                t += &format!("        iifname {devs} oifname {devs} accept\n");
+            }
+            // Anything else from one overlay device to another crosses networks.
+            for (i, o) in [("ovbr", "ovbr"), ("ovbr", "ovvx"), ("ovvx", "ovbr"), ("ovvx", "ovvx")] {
+                t += &format!("        iifname \"{i}*\" oifname \"{o}*\" counter drop comment \"isolation between overlay networks\"\n");
+            }
+            t += "    }\n";
+        }
+        if !self.publish.is_empty() {
+            // Published ports: from other machines (prerouting) and from the host itself.
+            // Priority -100 is `dstnat`, a name nft accepts for prerouting only.
+            for (chain, hook) in [("prerouting", "prerouting"), ("output", "output")] {
+                t += &format!("    chain {chain} {{\n        type nat hook {hook} priority -100; policy accept;\n");
+                for d in &self.publish {
+                    t += &format!(
+                        "        ip daddr {} {} dport {} dnat ip to {}:{}\n",
+                        d.host_ip,
+                        d.proto.name(),
+                        d.host_port,
+                        d.ip,
+                        d.port
+                    );
+                }
+                t += "    }\n";
+            }
+        }
+        if !self.masquerade.is_empty() {
+            let overlay = set(&self.overlay);
+            t += "    chain postrouting {\n        type nat hook postrouting priority srcnat; policy accept;\n";
+            for s in &self.masquerade {
+                t += &format!("        ip saddr {s} ip daddr != {overlay} counter masquerade\n");
+            }
+            t += "    }\n";
+        }
+        t += "}\n";
+        t
     }
-    format!(
-        "table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n    chain forward {{\n        type filter hook forward priority filter; policy accept;\n{forward}    }}\n}}\n"
-    )
+}
+
+fn set(nets: &[Ipv4Net]) -> String {
+    let items: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
 }
 
 fn nft(script: &str) -> Result<(), FirewallError> {
@@ -70,10 +163,20 @@ fn nft(script: &str) -> Result<(), FirewallError> {
     Ok(())
 }
 
-/// Writes the table for the kernel datapath's L3 networks `vnis`.
-pub fn apply(vnis: &[u32]) -> Result<(), FirewallError> {
-    nft(&ruleset(vnis))?;
-    info!(table = TABLE, networks = vnis.len(), "nftables table in place (isolation between L3 networks)");
+/// Makes the table hold `rules` (removes it when there is nothing to hold).
+pub fn apply(rules: &Ruleset) -> Result<(), FirewallError> {
+    if rules.is_empty() {
+        remove()?;
+        return Ok(());
+    }
+    nft(&rules.script())?;
+    info!(
+        table = TABLE,
+        isolated = rules.isolate.len(),
+        masquerade = rules.masquerade.len(),
+        published = rules.publish.len(),
+        "nftables table in place"
+    );
     Ok(())
 }
 
@@ -95,13 +198,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_accepts_within_a_network_and_drops_across() {
-        let r = ruleset(&[50, 51]);
-        assert!(r.starts_with("table inet overlay_agent\ndelete table inet overlay_agent\n"), "{r}");
-        assert!(r.contains("iifname { \"ovbr50\", \"ovvx50\" } oifname { \"ovbr50\", \"ovvx50\" } accept"), "{r}");
-        assert!(r.contains("iifname \"ovbr*\" oifname \"ovvx*\" counter drop"), "{r}");
-        let accept = r.find("accept\n").unwrap();
-        let drop = r.find("drop").unwrap();
-        assert!(accept < drop, "accepts come first: {r}");
+    fn the_script_isolates_masquerades_and_publishes() {
+        let r = Ruleset {
+            isolate: vec![50, 51],
+            overlay: vec!["10.50.0.0/16".parse().unwrap(), "10.51.0.0/16".parse().unwrap()],
+            masquerade: vec!["10.50.0.0/16".parse().unwrap()],
+            publish: vec![Dnat {
+                proto: Proto::Tcp,
+                host_ip: "198.51.100.1".parse().unwrap(),
+                host_port: 8080,
+                ip: "10.50.0.2".parse().unwrap(),
+                port: 80,
+            }],
+        };
+        let s = r.script();
+        assert!(s.starts_with("table inet overlay_agent\ndelete table inet overlay_agent\n"), "{s}");
+        assert!(s.contains("iifname { \"ovbr50\", \"ovvx50\" } oifname { \"ovbr50\", \"ovvx50\" } accept"), "{s}");
+        assert!(s.contains("iifname \"ovbr*\" oifname \"ovvx*\" counter drop"), "{s}");
+        assert!(s.find("accept\n").unwrap() < s.find("drop").unwrap(), "accepts come first: {s}");
+        assert!(s.contains("ip saddr 10.50.0.0/16 ip daddr != { 10.50.0.0/16, 10.51.0.0/16 } counter masquerade"), "{s}");
+        assert!(s.contains("ip daddr 198.51.100.1 tcp dport 8080 dnat ip to 10.50.0.2:80"), "{s}");
+        assert!(Ruleset::default().is_empty());
     }
 }

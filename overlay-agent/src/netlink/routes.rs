@@ -37,6 +37,26 @@ impl Netlink {
         Ok(())
     }
 
+    /// `ip route replace IP/32 dev #OIF scope link src SRC`: a host route into a
+    /// container's veth, answered from `src`.
+    pub async fn route_replace_host(&self, ip: Ipv4Addr, oif: u32, src: Ipv4Addr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(oif)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .pref_source(src)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(request_error("replace route", format!("{ip}/32 dev #{oif}")))?;
+        debug!(%ip, oif, %src, "host route replaced");
+        Ok(())
+    }
+
     /// `ip route del DST/LEN dev #OIF`; fine if it is gone.
     pub async fn route_del(&self, dst: Ipv4Addr, prefix_len: u8, oif: u32) -> Result<(), NetlinkError> {
         validate_prefix_len(prefix_len)?;

@@ -83,6 +83,8 @@ pub struct EbpfDatapath {
     devs: BTreeMap<u32, NetDevices>,
     /// VNI → VXLAN device ifindex, for the flood map.
     vxlan_index: BTreeMap<u32, u32>,
+    /// Networks with a gateway to the host: their local endpoints get a host route.
+    gateways: BTreeMap<u32, crate::datapath::Router>,
     /// Per VNI: the remote VTEPs with an all-zero-MAC FDB entry on its VXLAN device.
     flood_remote: BTreeMap<u32, BTreeSet<(Ipv4Addr, u16)>>,
     /// New maps waiting for the first full sync before the programs switch to them
@@ -218,7 +220,7 @@ impl EbpfDatapath {
             fdb: Table::new(take(&mut ebpf, maps::FDB)?, maps::FDB, caps.fdb),
             endpoints: Table::new(take(&mut ebpf, maps::ENDPOINTS)?, maps::ENDPOINTS, caps.endpoints),
             flood: take(&mut ebpf, maps::FLOOD)?,
-            routes: routes::Routes::new(take(&mut ebpf, maps::ROUTES)?)?,
+            routes: routes::Routes::new(take(&mut ebpf, maps::ROUTES)?, &s.networks)?,
             ebpf,
             pins,
             features,
@@ -228,6 +230,7 @@ impl EbpfDatapath {
             underlay: (s.underlay_ifname.clone(), s.underlay_ifindex),
             devs: BTreeMap::new(),
             vxlan_index: BTreeMap::new(),
+            gateways: s.networks.iter().filter_map(|n| Some((n.vni, n.router?))).collect(),
             flood_remote: BTreeMap::new(),
             pending: Vec::new(),
             attached: BTreeMap::new(),
@@ -365,6 +368,15 @@ impl Datapath for EbpfDatapath {
     }
 
     async fn attach_endpoint(&mut self, ep: &LocalEndpoint) -> Result<(), DatapathError> {
+        if let Some(r) = self.gateways.get(&ep.vni) {
+            // The way back from the host to a container that reached it through its
+            // gateway (the eBPF datapath has no bridge for the kernel to route to): `ip
+            // route replace IP/32 dev VETH src GATEWAY` and a permanent neighbour entry, so
+            // the host never ARPs into the container. Both go with the veth.
+            let netlink = |source| EbpfError::Netlink { interface: ep.ifname.clone(), source };
+            self.nl.route_replace_host(ep.ip, ep.ifindex, r.gateway).await.map_err(netlink)?;
+            self.nl.add_neighbour(ep.ifindex, ep.ip, ep.mac.0).await.map_err(netlink)?;
+        }
         self.attached.insert(ep.ifindex, ep.ifname.clone());
         if self.pending.is_empty() {
             self.attach_one(programs::FROM_CONTAINER, &ep.ifname, ep.ifindex)?;
