@@ -4,6 +4,7 @@
 //! Three setups of the reference topology (two hosts on a veth underlay, MTU 1500, one
 //! container each):
 //! - `ebpf`: agents in eBPF mode, containers plugged in with the CLI;
+//! - `ebpf-l3`: the same with an L3 network (routed between the hosts' node subnets);
 //! - `kernel`: agents in kernel mode (bridge + VXLAN device, the classic recipe);
 //! - `direct`: no overlay; the hosts route the containers' subnets to each other (the
 //!   floor an overlay can approach; container MTU 1500);
@@ -42,7 +43,7 @@ use serde_json::Value;
 use crate::{
     NetNs,
     agent::{enter_netns, run_cli},
-    lab::{BLUE, Lab, LabOptions, NetworkDef},
+    lab::{BLUE, Lab, LabOptions, NetworkDef, ROUTED},
     topo::{H1_IP, H2_IP, Underlay, add_addr, add_route, enable_forwarding, link_veth},
 };
 
@@ -50,17 +51,20 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Setup {
     Ebpf,
+    /// eBPF mode, an L3 network: routed between the hosts' node subnets.
+    EbpfL3,
     Kernel,
     Direct,
     DirectOverlayMtu,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 4] = [Setup::Ebpf, Setup::Kernel, Setup::Direct, Setup::DirectOverlayMtu];
+    pub const ALL: [Setup; 5] = [Setup::Ebpf, Setup::EbpfL3, Setup::Kernel, Setup::Direct, Setup::DirectOverlayMtu];
 
     pub fn name(self) -> &'static str {
         match self {
             Setup::Ebpf => "ebpf",
+            Setup::EbpfL3 => "ebpf-l3",
             Setup::Kernel => "kernel",
             Setup::Direct => "direct",
             Setup::DirectOverlayMtu => "direct-1450",
@@ -133,6 +137,7 @@ pub fn build(setup: Setup, preload: usize) -> Topology {
         Setup::Direct => direct(1500),
         Setup::DirectOverlayMtu => direct(OVERLAY_MTU),
         Setup::Ebpf => overlay(DatapathMode::Ebpf, preload),
+        Setup::EbpfL3 => routed(),
         Setup::Kernel => overlay(DatapathMode::Kernel, 0),
     }
 }
@@ -231,6 +236,37 @@ fn overlay(mode: DatapathMode, preload: usize) -> Topology {
     let client_idx = lab.containers.iter().position(|c| c.name == "bc").expect("client");
     let client = lab.containers.remove(client_idx).ns;
     Topology { client, server, server_ip: sip, _lab: Some(lab), _hosts: None, add_to_first_packet, preloaded }
+}
+
+/// The eBPF datapath with an L3 network: the client on host 0, the server on host 1,
+/// routed between their node subnets (the client reaches the server through its
+/// gateway, whose ARP answer comes from the map: no ARP timer in the way).
+fn routed() -> Topology {
+    let mut lab = Lab::new(Underlay::two_hosts(), &[ROUTED]);
+    lab.set_mode(0, DatapathMode::Ebpf);
+    lab.set_mode(1, DatapathMode::Ebpf);
+    lab.start_all();
+    lab.add_allocated(0, "rc", ROUTED);
+    let subnet: ipnet::Ipv4Net = lab.status(1)["networks"][0]["node_subnet"].as_str().expect("host 1's node subnet").parse().expect("a subnet");
+    lab.wait_for_dump(0, "a route to host 1's node subnet", Duration::from_secs(5), |d| d.routes.iter().any(|r| r.subnet == subnet));
+    // Allocation starts at the node subnet's .2.
+    let sip = Ipv4Addr::from(u32::from(subnet.network()) + 2);
+    let server = NetNs::new("rs");
+    let stop = AtomicBool::new(false);
+    let (first, start) = std::thread::scope(|scope| {
+        let client = &lab.container("rc").ns;
+        let pinger = scope.spawn(|| first_reply(client, sip, &stop));
+        let start = Instant::now();
+        let out = lab.cli(1, &["endpoint", "add", "--network", ROUTED.name, "--netns", server.name(), "--ip", &sip.to_string()]);
+        out.assert_success();
+        let first = pinger.join().expect("pinger thread");
+        stop.store(true, Ordering::Relaxed);
+        (first, start)
+    });
+    let add_to_first_packet = first.map(|t| t.saturating_duration_since(start));
+    let client_idx = lab.containers.iter().position(|c| c.name == "rc").expect("client");
+    let client = lab.containers.remove(client_idx).ns;
+    Topology { client, server, server_ip: sip, _lab: Some(lab), _hosts: None, add_to_first_packet, preloaded: None }
 }
 
 /// Pings `dst` from `ns`, 5 ms per attempt, until a reply (or 10 s).

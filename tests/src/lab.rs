@@ -455,7 +455,7 @@ impl Lab {
             }
             let expected: Vec<(u32, MacAddr)> = self.containers.iter().map(|c| (c.network.vni, c.mac)).collect();
             self.wait_for_dump(i, "every container in the FDB", timeout, |d| {
-                let unicast = d.fdb.iter().filter(|f| f.kind != "flood");
+                let unicast = d.fdb.iter().filter(|f| f.kind != "flood" && f.kind != "router");
                 expected.iter().all(|(vni, mac)| d.fdb.iter().any(|f| f.vni == *vni && f.mac == *mac))
                     && unicast.count() == expected.len()
             });

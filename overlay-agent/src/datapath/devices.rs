@@ -183,7 +183,7 @@ async fn ensure_one(
         nl.set_link(idx, LinkChange { mtu: Some(net.mtu), up: Some(true), ..Default::default() })
             .await
             .map_err(nl_err("bringing the bridge up", &br))?;
-        match net.router {
+        match net.router.filter(|r| r.l3) {
             // L3 (seeds/003): the VXLAN device is a routed link of its own. It holds
             // the node's address (the node subnet's first, as flannel gives it) as a
             // /32 and the router MAC other hosts send to; the bridge holds the
@@ -195,7 +195,7 @@ async fn ensure_one(
                 nl.add_address(vxlan_index, r.subnet.network(), 32).await.map_err(nl_err("adding the node address", &name))?;
                 nl.add_address(idx, r.gateway, r.subnet.prefix_len()).await.map_err(nl_err("adding the gateway address", &br))?;
             }
-            None => {
+            _ => {
                 nl.set_link(vxlan_index, LinkChange { master: Some(idx), ..Default::default() })
                     .await
                     .map_err(nl_err("adding the VXLAN device to the bridge", &name))?;
@@ -204,11 +204,14 @@ async fn ensure_one(
         // An L2 network's anycast gateway: the bridge answers for the address with the
         // MAC every host gives it. The VXLAN device's ARP proxying keeps the requests
         // for it on this host.
+        // Its subnet's route goes to the `local` table, not `main` (see GATEWAY_TABLE).
         if let Some(r) = net.router.filter(|r| !r.l3) {
             nl.set_link(idx, LinkChange { mac: Some(r.mac.0), ..Default::default() })
                 .await
                 .map_err(nl_err("setting the gateway MAC", &br))?;
-            nl.add_address(idx, r.gateway, r.subnet.prefix_len()).await.map_err(nl_err("adding the gateway address", &br))?;
+            let len = r.subnet.prefix_len();
+            nl.add_address_noprefixroute(idx, r.gateway, len).await.map_err(nl_err("adding the gateway address", &br))?;
+            nl.route_replace_link(r.subnet.network(), len, idx, r.gateway).await.map_err(nl_err("adding the gateway route", &br))?;
         }
         bridge_index = Some(idx);
     } else if let Some(b) = existing_bridge {

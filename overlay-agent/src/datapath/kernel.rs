@@ -108,7 +108,7 @@ impl KernelDatapath {
         }
         self.flood = devices::read_flood(&self.nl, &self.devs).await?;
         self.routes.clear();
-        for n in self.nets.iter().filter(|n| n.router.is_some()) {
+        for n in self.nets.iter().filter(|n| n.router.is_some_and(|r| r.l3)) {
             let Some(d) = self.devs.get(&n.vni) else { continue };
             let name = devices::vxlan_name(d.vni);
             for (dst, len, via) in self.nl.routes_via(d.vxlan_index).await.map_err(nl_err("reading routes", name))? {

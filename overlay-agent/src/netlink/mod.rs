@@ -444,6 +444,20 @@ impl Netlink {
         Ok(())
     }
 
+    /// Adds `address/prefix_len` to link `index` without the prefix route the kernel
+    /// would add to `main` (`noprefixroute`). Idempotent.
+    pub async fn add_address_noprefixroute(&self, index: u32, address: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let mut req = self.handle.address().add(index, IpAddr::V4(address), prefix_len);
+        req.message_mut().attributes.push(AddressAttribute::Flags(rtnetlink::packet_route::address::AddressFlags::Noprefixroute));
+        let result = req.execute().await;
+        let target = format!("{address}/{prefix_len} noprefixroute on #{index}");
+        if idempotent(result, &[libc::EEXIST], "add address", target)? {
+            debug!(index, %address, prefix_len, "added address without prefix route");
+        }
+        Ok(())
+    }
+
     /// The kernel's IPv4 address messages of link `index`.
     async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, NetlinkError> {
         let mut request = self.handle.address().get().set_link_index_filter(index);

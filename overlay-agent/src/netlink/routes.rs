@@ -15,6 +15,15 @@ use super::{Netlink, NetlinkError, idempotent, request_error, validate_prefix_le
 /// A route out of one device: destination, prefix length, next hop.
 pub type DeviceRoute = (Ipv4Addr, u8, Option<Ipv4Addr>);
 
+/// The kernel's `local` routing table (255), consulted before `main` by the default
+/// rules. The routes a network's gateway needs on the host (the way back into the
+/// containers) go there rather than into `main`, where software that looks for a free
+/// subnet by the host's routes would see the overlay's subnet as taken: dockerd's
+/// libnetwork asks the IPAM driver again and again for a pool that does not overlap a
+/// route of `main` (`netutils.FindAvailableNetwork`), forever if the IPAM always
+/// answers the same subnet. `ip route show table local` lists them.
+pub const GATEWAY_TABLE: u32 = 255;
+
 impl Netlink {
     /// `ip route replace DST/LEN via VIA dev #OIF onlink`: the next hop is on the link
     /// even though no address of the link covers it (the VXLAN device holds only a /32).
@@ -37,23 +46,27 @@ impl Netlink {
         Ok(())
     }
 
-    /// `ip route replace IP/32 dev #OIF scope link src SRC`: a host route into a
-    /// container's veth, answered from `src`.
-    pub async fn route_replace_host(&self, ip: Ipv4Addr, oif: u32, src: Ipv4Addr) -> Result<(), NetlinkError> {
+    /// `ip route replace DST/LEN dev #OIF scope link src SRC table local`: the way from
+    /// the host into a container's veth (a /32), or a bridge's subnet (see
+    /// [`GATEWAY_TABLE`]), answered from `src`.
+    pub async fn route_replace_link(&self, dst: Ipv4Addr, prefix_len: u8, oif: u32, src: Ipv4Addr) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
+            .destination_prefix(dst, prefix_len)
             .output_interface(oif)
             .scope(rtnetlink::packet_route::route::RouteScope::Link)
             .pref_source(src)
+            .table_id(GATEWAY_TABLE)
             .build();
+        let ip = dst;
         self.handle
             .route()
             .add(msg)
             .replace()
             .execute()
             .await
-            .map_err(request_error("replace route", format!("{ip}/32 dev #{oif}")))?;
-        debug!(%ip, oif, %src, "host route replaced");
+            .map_err(request_error("replace route", format!("{ip}/{prefix_len} dev #{oif} table local")))?;
+        debug!(%ip, prefix_len, oif, %src, "gateway route replaced");
         Ok(())
     }
 

@@ -199,7 +199,7 @@ fn main() -> ExitCode {
     let med = |setup: &str, metric: &str| summary(setup, metric).map_or(f64::NAN, |s| s.0);
     // Ratios the targets are stated in, plus eBPF against direct routing at the
     // overlay's MTU (what is left once VXLAN's 50 bytes are accounted for).
-    const RATIOS: [(&str, &str); 3] = [("ebpf", "direct"), ("ebpf", "kernel"), ("ebpf", "direct-1450")];
+    const RATIOS: [(&str, &str); 4] = [("ebpf", "direct"), ("ebpf", "kernel"), ("ebpf", "direct-1450"), ("ebpf-l3", "direct")];
     let setups: Vec<&str> = Setup::ALL.iter().map(|s| s.name()).collect();
     let mut header = format!("{:<34}", "metric");
     for s in &setups {

@@ -371,10 +371,11 @@ impl Datapath for EbpfDatapath {
         if let Some(r) = self.gateways.get(&ep.vni) {
             // The way back from the host to a container that reached it through its
             // gateway (the eBPF datapath has no bridge for the kernel to route to): `ip
-            // route replace IP/32 dev VETH src GATEWAY` and a permanent neighbour entry, so
-            // the host never ARPs into the container. Both go with the veth.
+            // route replace IP/32 dev VETH src GATEWAY table local` and a permanent
+            // neighbour entry, so the host never ARPs into the container. Both go with
+            // the veth.
             let netlink = |source| EbpfError::Netlink { interface: ep.ifname.clone(), source };
-            self.nl.route_replace_host(ep.ip, ep.ifindex, r.gateway).await.map_err(netlink)?;
+            self.nl.route_replace_link(ep.ip, 32, ep.ifindex, r.gateway).await.map_err(netlink)?;
             self.nl.add_neighbour(ep.ifindex, ep.ip, ep.mac.0).await.map_err(netlink)?;
         }
         self.attached.insert(ep.ifindex, ep.ifname.clone());

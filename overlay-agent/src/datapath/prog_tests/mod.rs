@@ -4,14 +4,16 @@
 //! attached anywhere.
 
 
+mod route;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use overlay_common::{
     DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, FloodValue, NeighKey,
-    NeighValue, NetworkValue, Reason, StatsValue, adjust_room, maps, programs, stats_index, vxlan,
+    NeighValue, NetworkValue, Reason, RouteKey, RouteValue, StatsValue, adjust_room, maps, programs, stats_index, vxlan,
 };
 
 use super::{ebpf::OBJECT, probe::ipv4_checksum};
@@ -39,6 +41,7 @@ struct Progs {
     endpoints: HashMap<MapData, u32, EndpointValue>,
     networks: HashMap<MapData, u32, NetworkValue>,
     flood: HashMap<MapData, u32, FloodValue>,
+    routes: LpmTrie<MapData, RouteKey, RouteValue>,
     stats: PerCpuArray<MapData, StatsValue>,
 }
 
@@ -63,6 +66,7 @@ impl Progs {
             endpoints: take(&mut ebpf, maps::ENDPOINTS),
             networks: take(&mut ebpf, maps::NETWORKS),
             flood: take(&mut ebpf, maps::FLOOD),
+            routes: take(&mut ebpf, maps::ROUTES),
             stats: take(&mut ebpf, maps::STATS),
             ebpf,
         };
