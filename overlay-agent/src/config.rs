@@ -610,6 +610,15 @@ path = "/tmp/store"
                 "network[1].vni",
             ),
             (GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.10.0/24\"\nmtu = 100"), "network[0].mtu"),
+            // L3 networks.
+            (GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.10.0/24\"\nnode_prefix_len = 26"), "network[0].mode"),
+            (GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.0.0/16\"\nmode = \"l3\"\nnode_prefix_len = 16"), "network[0].node_prefix_len"),
+            (
+                GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.0.0/16\"\nmode = \"l3\"\nnode_subnet = \"10.1.0.0/24\""),
+                "network[0].node_subnet",
+            ),
+            (GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.0.0/16\"\nmode = \"l3\"\ngateway = false"), "network[0].gateway"),
+            (GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.10.0/24\"\ngateway = false\nmasquerade = true"), "network[0].masquerade"),
         ];
         for (text, field) in cases {
             let e = err_of(&text);

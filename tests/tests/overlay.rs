@@ -13,7 +13,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use integration_tests::{
     Capture, Frame,
-    lab::{BLUE, Container, Lab, NetworkDef, RED, suite_mode},
+    lab::{BLUE, Container, Lab, NetworkDef, RED, ROUTED, suite_mode},
     NetNs,
     packet::{ETH_P_ARP, ETH_P_IP},
     ping, require_root, tcp_transfer,
@@ -427,4 +427,38 @@ fn down_leaves_nothing_behind() {
     for name in names {
         assert!(!integration_tests::ns::netns_exists(&name), "namespace {name} survived");
     }
+}
+
+/// An L3 network (`mode = "l3"`): containers on two hosts reach each other through their
+/// gateways, a third host that starts later gets its node subnet and the others' routes,
+/// and bulk data crosses the routed underlay intact. (Also in the VM matrix.)
+#[test]
+fn l3_routed_pairs_and_a_late_host() {
+    require_root();
+    let mut lab = Lab::new(Underlay::routed(), &[ROUTED]);
+    lab.start_agent(0);
+    lab.start_agent(1);
+    let a = lab.add_allocated(0, "la", ROUTED);
+    let b = lab.add_allocated(1, "lb", ROUTED);
+    let routes = |lab: &Lab, i: usize, n: usize| {
+        lab.wait_for_dump(i, &format!("{n} remote routes"), Duration::from_secs(5), |d| {
+            d.routes.iter().filter(|r| r.vni == ROUTED.vni && r.kind == "remote").count() == n
+        });
+    };
+    routes(&lab, 0, 1);
+    routes(&lab, 1, 1);
+    assert!(pings(lab.container("la"), lab.container("lb"), 2), "{a} -> {b}");
+    assert!(pings(lab.container("lb"), lab.container("la"), 2), "{b} -> {a}");
+    // A host that joins later.
+    lab.start_agent(2);
+    let c = lab.add_allocated(2, "lc", ROUTED);
+    for i in 0..3 {
+        routes(&lab, i, 2);
+    }
+    for (x, y) in [("lc", "la"), ("lc", "lb"), ("la", "lc")] {
+        assert!(pings(lab.container(x), lab.container(y), 2), "{x} -> {y}");
+    }
+    let t = tcp_transfer(&lab.container("lc").ns, c, &lab.container("la").ns, 16 << 20);
+    assert!(t.is_complete(), "{t:?}");
+    assert_eq!(t.sent_sha256, t.received_sha256, "data corrupted");
 }

@@ -77,7 +77,7 @@ pub fn execute(args: &Args) -> Result<()> {
     };
     eprintln!("xtask: integration suite, eBPF datapath");
     let integration = exec::exec(&mut suite(&[], "ebpf"));
-    eprintln!("xtask: the overlay, restart, etcd, lifecycle, docker and cni suites again, kernel VXLAN datapath");
+    eprintln!("xtask: the {} suites again, kernel VXLAN datapath", KERNEL_SUITES.join(", "));
     let kernel = exec::exec(&mut suite(KERNEL_SUITES, "kernel"));
 
     // Anything left now was left by the suite itself: remove it, and fail the run.
@@ -93,7 +93,7 @@ pub fn execute(args: &Args) -> Result<()> {
         ("upgrade-test variant build", variant.map(drop)),
         ("unit tests", unit),
         ("integration tests (eBPF datapath)", integration),
-        ("overlay, restart, etcd, lifecycle, docker and cni tests (kernel datapath)", kernel),
+        ("the kernel-datapath suites (KERNEL_SUITES)", kernel),
         ("cleanup after the tests", cleanup),
     ];
     let mut failed = 0;

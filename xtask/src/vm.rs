@@ -26,8 +26,8 @@ const APT_PACKAGES: &[&str] = &["qemu-system-x86", "udev", "busybox-static", "km
 const MIRROR: &str = "http://deb.debian.org/debian";
 const SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
 /// A sensible subset for emulated CPUs: ping across hosts, the 64 MiB transfer (GSO and
-/// decapsulation on old kernels), endpoint removal.
-const DEFAULT_TESTS: &[&str] = &["same_network_pairs", "large_tcp_transfers", "endpoint_del"];
+/// decapsulation on old kernels), endpoint removal, an L3 network (routing, a late host).
+const DEFAULT_TESTS: &[&str] = &["same_network_pairs", "large_tcp_transfers", "endpoint_del", "l3_routed_pairs"];
 /// From the restart suite: adoption after SIGTERM, and the upgrade to a build with other
 /// programs and another map layout and back. On kernels before 6.6 these are the only
 /// tests of restarting over the netlink (clsact + cls_bpf) attachment: the filter

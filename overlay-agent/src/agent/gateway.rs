@@ -32,6 +32,11 @@ impl Agent {
                     })
                 })
                 .collect(),
+            anycast: if kernel {
+                nets.iter().filter_map(|n| self.desired.router(n.vni).filter(|r| !r.l3).map(|r| (n.vni, r.mac))).collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 

@@ -32,6 +32,8 @@ pub use ports::{ParsePortError, PortMapping};
 
 /// The table's family and name.
 pub const TABLE: &str = "inet overlay_agent";
+/// Kernel mode's bridge-family table (L2 networks' anycast gateways).
+pub const BRIDGE_TABLE: &str = "bridge overlay_agent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -70,16 +72,29 @@ pub struct Ruleset {
     /// the host's address (source NAT).
     pub masquerade: Vec<Ipv4Net>,
     pub publish: Vec<Dnat>,
+    /// Kernel mode, L2 networks with a gateway: (VNI, the anycast gateway MAC). The
+    /// bridge holding the gateway address sends frames of its own (IGMP reports, ARP)
+    /// that it would flood to the VXLAN device, i.e. to every other host, where the same
+    /// MAC is local: they are dropped on the way out.
+    pub anycast: Vec<(u32, crate::mac::MacAddr)>,
 }
 
 impl Ruleset {
     pub fn is_empty(&self) -> bool {
-        self.isolate.is_empty() && self.masquerade.is_empty() && self.publish.is_empty()
+        self.isolate.is_empty() && self.masquerade.is_empty() && self.publish.is_empty() && self.anycast.is_empty()
     }
 
     /// The `nft -f -` script that replaces the table with this ruleset.
     pub fn script(&self) -> String {
-        let mut t = format!("table {TABLE}\ndelete table {TABLE}\ntable {TABLE} {{\n");
+        let mut t = format!("table {TABLE}\ndelete table {TABLE}\ntable {BRIDGE_TABLE}\ndelete table {BRIDGE_TABLE}\n");
+        if !self.anycast.is_empty() {
+            t += &format!("table {BRIDGE_TABLE} {{\n    chain output {{\n        type filter hook output priority filter; policy accept;\n");
+            for (vni, mac) in &self.anycast {
+                t += &format!("        oifname \"{}\" ether saddr {mac} drop comment \"the anycast gateway stays on its host\"\n", vxlan_name(*vni));
+            }
+            t += "    }\n}\n";
+        }
+        t += &format!("table {TABLE} {{\n");
         if !self.isolate.is_empty() {
             t += "    chain forward {\n        type filter hook forward priority filter; policy accept;\n";
             for vni in &self.isolate {
@@ -183,7 +198,7 @@ pub fn apply(rules: &Ruleset) -> Result<(), FirewallError> {
 /// Deletes the table; fine if there is none (or no `nft` at all: then the agent
 /// cannot have made one).
 pub fn remove() -> Result<bool, FirewallError> {
-    match nft(&format!("table {TABLE}\ndelete table {TABLE}\n")) {
+    match nft(&format!("table {TABLE}\ndelete table {TABLE}\ntable {BRIDGE_TABLE}\ndelete table {BRIDGE_TABLE}\n")) {
         Ok(()) => {
             debug!(table = TABLE, "nftables table removed");
             Ok(true)
@@ -210,12 +225,14 @@ mod tests {
                 ip: "10.50.0.2".parse().unwrap(),
                 port: 80,
             }],
+            anycast: vec![(42, crate::mac::MacAddr([0x0e, 1, 2, 3, 4, 5]))],
         };
         let s = r.script();
-        assert!(s.starts_with("table inet overlay_agent\ndelete table inet overlay_agent\n"), "{s}");
+        assert!(s.starts_with("table inet overlay_agent\ndelete table inet overlay_agent\ntable bridge overlay_agent\ndelete table bridge overlay_agent\n"), "{s}");
+        assert!(s.contains("oifname \"ovvx42\" ether saddr 0e:01:02:03:04:05 drop"), "{s}");
         assert!(s.contains("iifname { \"ovbr50\", \"ovvx50\" } oifname { \"ovbr50\", \"ovvx50\" } accept"), "{s}");
         assert!(s.contains("iifname \"ovbr*\" oifname \"ovvx*\" counter drop"), "{s}");
-        assert!(s.find("accept\n").unwrap() < s.find("drop").unwrap(), "accepts come first: {s}");
+        assert!(s.find("accept\n").unwrap() < s.find("counter drop").unwrap(), "accepts come first: {s}");
         assert!(s.contains("ip saddr 10.50.0.0/16 ip daddr != { 10.50.0.0/16, 10.51.0.0/16 } counter masquerade"), "{s}");
         assert!(s.contains("ip daddr 198.51.100.1 tcp dport 8080 dnat ip to 10.50.0.2:80"), "{s}");
         assert!(Ruleset::default().is_empty());
