@@ -19,6 +19,7 @@
 //!   owns the FDB entry.
 
 mod query;
+mod subnets;
 #[cfg(test)]
 mod tests;
 
@@ -216,24 +217,6 @@ impl Desired {
         self.served.keys().copied()
     }
 
-    /// Makes `vni` an L3 network in which this host routes `router.subnet`.
-    pub fn set_router(&mut self, vni: u32, router: Router) {
-        if let Some(old) = self.routers.insert(vni, router) {
-            self.dirty.neigh.insert((vni, old.gateway));
-            self.dirty.fdb.insert((vni, old.mac));
-        }
-        self.dirty.neigh.insert((vni, router.gateway));
-        self.dirty.fdb.insert((vni, router.mac));
-    }
-
-    pub fn router(&self, vni: u32) -> Option<&Router> {
-        self.routers.get(&vni)
-    }
-
-    pub fn is_l3(&self, vni: u32) -> bool {
-        self.routers.get(&vni).is_some_and(|r| r.l3)
-    }
-
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.interned.get(s) {
             return a.clone();
@@ -362,15 +345,7 @@ impl Desired {
             Record::Endpoint(vni, ip, e) => self.put_endpoint(vni, ip, e),
             Record::Static(vni, ip, s) => self.put_static(vni, ip, s),
             Record::Subnet(vni, net, s) => self.put_subnet(vni, net, s),
-            Record::StaticSubnet(vni, net, s) => {
-                let v = (net.prefix_len(), s);
-                let at = net.network();
-                if self.static_subnets.get(&(vni, at)) != Some(&v) {
-                    self.at(vni, at, |d| {
-                        d.static_subnets.insert((vni, at), v);
-                    });
-                }
-            }
+            Record::StaticSubnet(vni, net, s) => self.put_static_subnet(vni, net, s),
         }
     }
 
@@ -387,14 +362,7 @@ impl Desired {
                 }
             }
             RecordKey::Subnet(vni, net) => self.del_subnet(*vni, net.network()),
-            RecordKey::StaticSubnet(vni, net) => {
-                let k = (*vni, net.network());
-                if self.static_subnets.contains_key(&k) {
-                    self.at(k.0, k.1, |s| {
-                        s.static_subnets.remove(&k);
-                    });
-                }
-            }
+            RecordKey::StaticSubnet(vni, net) => self.del_static_subnet(*vni, net.network()),
         }
     }
 
@@ -430,10 +398,8 @@ impl Desired {
             self.del_subnet(vni, at);
         }
         let gone: Vec<_> = self.static_subnets.keys().filter(|k| !static_subs.contains(*k)).copied().collect();
-        for k in gone {
-            self.at(k.0, k.1, |s| {
-                s.static_subnets.remove(&k);
-            });
+        for (vni, at) in gone {
+            self.del_static_subnet(vni, at);
         }
         let gone_eps: Vec<_> = self.endpoints.keys().filter(|k| !eps.contains(*k)).copied().collect();
         for (vni, ip) in gone_eps {
@@ -547,40 +513,6 @@ impl Desired {
         }
         self.at(vni, ip, |s| {
             s.statics.insert((vni, ip), st);
-        });
-    }
-
-    fn put_subnet(&mut self, vni: u32, net: Ipv4Net, r: SubnetRecord) {
-        let node = self.intern(&r.node);
-        let p = PublishedSubnet { node: node.clone(), prefix_len: net.prefix_len(), mac: r.mac, udp_port: r.udp_port };
-        let at = net.network();
-        if self.subnets.get(&(vni, at)) == Some(&p) {
-            return;
-        }
-        self.at(vni, at, |s| {
-            if let Some(old) = s.subnets.insert((vni, at), p)
-                && old.node != node
-                && let Some(set) = s.node_subnets.get_mut(&old.node)
-            {
-                set.remove(&(vni, at));
-            }
-            s.node_subnets.entry(node).or_default().insert((vni, at));
-        });
-    }
-
-    fn del_subnet(&mut self, vni: u32, at: Ipv4Addr) {
-        if !self.subnets.contains_key(&(vni, at)) {
-            return;
-        }
-        self.at(vni, at, |s| {
-            if let Some(old) = s.subnets.remove(&(vni, at))
-                && let Some(set) = s.node_subnets.get_mut(&old.node)
-            {
-                set.remove(&(vni, at));
-                if set.is_empty() {
-                    s.node_subnets.remove(&old.node);
-                }
-            }
         });
     }
 

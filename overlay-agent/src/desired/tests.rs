@@ -188,3 +188,55 @@ fn an_untracked_snapshot_is_the_same_state_without_dirt() {
     assert_eq!(dirty.neigh, HashSet::from([(VNI, ip(13))]));
     assert_eq!(dirty.flood, HashSet::from([VNI]), "h3's VTEP has no endpoint left");
 }
+
+fn subnet_rec(node: &str, mac: u8) -> SubnetRecord {
+    SubnetRecord { node: node.into(), network: "routed".into(), mac: MacAddr([0x0e, 0, 0, 0, 0, mac]), udp_port: 4789 }
+}
+
+#[test]
+fn an_l3_network_routes_node_subnets_and_holds_no_remote_container() {
+    let mut d = desired();
+    let own: Ipv4Net = "10.0.10.0/24".parse().unwrap();
+    let router = Router { subnet: own, gateway: ip(1), mac: MacAddr([0x0e, 0, 0, 0, 0, 1]), l3: true };
+    d.set_router(VNI, router);
+    assert!(d.is_l3(VNI));
+    // This host's router: the gateway answered with the router MAC, frames to it routed.
+    assert_eq!(d.neigh(VNI, ip(1)), Some(router.mac));
+    assert_eq!(d.fdb(VNI, router.mac), Some(FdbTarget::Router));
+    d.take_dirty();
+    // Another node's subnet becomes a route (and its node address a neighbour/FDB entry
+    // for the kernel datapath) once its node is known; its containers add nothing.
+    let far: Ipv4Net = "10.0.20.0/24".parse().unwrap();
+    d.put(Record::Subnet(VNI, far, subnet_rec("h2", 2)));
+    d.put(Record::Endpoint(
+        VNI,
+        Ipv4Addr::new(10, 0, 20, 5),
+        EndpointRecord { node: "h2".into(), network: "routed".into(), mac: MacAddr([2, 0x42, 10, 0, 20, 5]), udp_port: 4789 },
+    ));
+    assert_eq!(d.route(VNI, far.network()), None, "no node yet");
+    d.put(node("h2", 2));
+    let (len, r) = d.route(VNI, far.network()).unwrap();
+    assert_eq!((len, r.vtep, r.mac), (24, vtep(2), MacAddr([0x0e, 0, 0, 0, 0, 2])));
+    assert_eq!(d.all_routes().count(), 1);
+    assert_eq!(d.neigh(VNI, Ipv4Addr::new(10, 0, 20, 5)), None, "remote containers are not in the tables");
+    assert_eq!(d.fdb(VNI, MacAddr([2, 0x42, 10, 0, 20, 5])), None);
+    assert!(d.flood_remote(VNI).is_empty(), "broadcast stays on the host");
+    let dirty = d.take_dirty();
+    assert!(dirty.routes.contains(&(VNI, far.network())), "{dirty:?}");
+    // The node moves: its route follows. It goes: the route goes.
+    d.put(node("h2", 3));
+    assert_eq!(d.route(VNI, far.network()).map(|(_, r)| r.vtep), Some(vtep(3)));
+    d.delete(&RecordKey::Node("h2".into()));
+    assert_eq!(d.route(VNI, far.network()), None);
+    assert!(d.take_dirty().routes.contains(&(VNI, far.network())));
+    // This node's own subnet record is never a route.
+    d.put(node("h1", 1));
+    d.put(Record::Subnet(VNI, own, subnet_rec("h1", 1)));
+    assert_eq!(d.route(VNI, own.network()), None);
+    // A static subnet (a host without an agent) routes without a node.
+    let st = StaticSubnetRecord { network: "routed".into(), mac: MacAddr([0x0a, 0, 0, 0, 0, 9]), vtep: vtep(9), udp_port: 4789, declared_by: "h1".into() };
+    d.put(Record::StaticSubnet(VNI, "10.0.99.0/24".parse().unwrap(), st));
+    assert_eq!(d.route(VNI, Ipv4Addr::new(10, 0, 99, 0)).map(|(l, r)| (l, r.vtep)), Some((24, vtep(9))));
+    d.snapshot(vec![node("h1", 1)]);
+    assert_eq!(d.all_routes().count(), 0, "a snapshot without them removes them");
+}
