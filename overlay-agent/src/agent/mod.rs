@@ -22,6 +22,7 @@ mod ipam;
 mod requests;
 mod startup;
 mod subnets;
+mod views;
 
 pub use subnets::l2_gateway;
 pub mod teardown;
