@@ -38,8 +38,9 @@ pub const BRIDGE_TABLE: &str = "bridge overlay_agent";
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     #[error(
-        "running `nft` ({source}): the kernel datapath's L3 networks need the nftables tool; \
-         install it (`apt-get install nftables`) or use the eBPF datapath"
+        "running `nft` ({source}): the networks' gateways (masquerade, published ports, and in kernel mode the \
+         isolation between networks) need the nftables tool; install it (`apt-get install nftables`), or set \
+         `masquerade = false` (or `gateway = false`) on every network and publish no ports"
     )]
     Spawn {
         #[source]
