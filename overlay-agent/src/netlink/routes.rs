@@ -35,15 +35,7 @@ impl Netlink {
             .output_interface(oif)
             .onlink()
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(request_error("replace route", format!("{dst}/{prefix_len} via {via}")))?;
-        debug!(%dst, prefix_len, %via, oif, "route replaced");
-        Ok(())
+        self.replace_route(msg, format!("{dst}/{prefix_len} via {via} dev #{oif} onlink")).await
     }
 
     /// `ip route replace DST/LEN dev #OIF scope link src SRC table local`: the way from
@@ -58,15 +50,13 @@ impl Netlink {
             .pref_source(src)
             .table_id(GATEWAY_TABLE)
             .build();
-        let ip = dst;
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(request_error("replace route", format!("{ip}/{prefix_len} dev #{oif} table local")))?;
-        debug!(%ip, prefix_len, oif, %src, "gateway route replaced");
+        self.replace_route(msg, format!("{dst}/{prefix_len} dev #{oif} src {src} table local")).await
+    }
+
+    /// `ip route replace` of `msg` (`what` names it in errors and logs).
+    async fn replace_route(&self, msg: rtnetlink::packet_route::route::RouteMessage, what: String) -> Result<(), NetlinkError> {
+        self.handle.route().add(msg).replace().execute().await.map_err(request_error("replace route", &what))?;
+        debug!(route = %what, "route replaced");
         Ok(())
     }
 
