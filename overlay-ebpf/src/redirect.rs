@@ -35,12 +35,20 @@ fn accepted(ret: i64) -> Result<(), Reason> {
 /// Cilium does before `ctx_redirect_peer`.
 #[inline(always)]
 pub fn into_container(ctx: &TcContext, ifindex: u32) -> Result<(), Reason> {
-    // Fails only if the current pkt_type is above PACKET_OTHERHOST (loopback, kernel
-    // internal), which no frame reaching these hooks has.
-    ctx.change_type(PACKET_HOST)
-        .map_err(|_| Reason::RedirectFailed)?;
+    mark_for_host(ctx)?;
     // SAFETY: a plain helper call; it only records the target in per-CPU redirect info.
     accepted(unsafe { bpf_redirect_peer(ifindex, 0) })
+}
+
+/// Marks the skb `PACKET_HOST` (addressed to the device it is on), which `ip_rcv_core`
+/// needs to accept it: a frame to a MAC other than the device's own was marked
+/// `PACKET_OTHERHOST` on arrival. For a frame redirected into a container (see
+/// [`into_container`]) and for one the host's stack routes on (see `route`).
+#[inline(always)]
+pub fn mark_for_host(ctx: &TcContext) -> Result<(), Reason> {
+    // Fails only if the current pkt_type is above PACKET_OTHERHOST (loopback, kernel
+    // internal), which no frame reaching these hooks has.
+    ctx.change_type(PACKET_HOST).map_err(|_| Reason::RedirectFailed)
 }
 
 /// Out of the underlay interface `ifindex` (`bpf_redirect_neigh`, 5.10): the kernel looks

@@ -26,9 +26,6 @@ use crate::{
     stats::Outcome,
 };
 
-/// `PACKET_HOST` from include/uapi/linux/if_packet.h.
-const PACKET_HOST: u32 = 0;
-
 /// Offset of the IPv4 header in an Ethernet frame.
 const IP_OFF: usize = EthHdr::LEN;
 
@@ -47,8 +44,8 @@ pub fn from_container(
     }
     let dst = checked_ip(ctx)?;
 
-    if let Some(ifindex) = local_endpoint(vni, dst) {
-        return deliver(ctx, ifindex.0, ifindex.1, router_mac, Reason::Routed);
+    if let Some((ifindex, mac)) = local_endpoint(vni, dst) {
+        return deliver(ctx, ifindex, mac, router_mac, Reason::Routed);
     }
 
     let key = Key::new(
@@ -65,10 +62,9 @@ pub fn from_container(
         ROUTE_HOST => {
             // The host's own stack routes it (its gateway address, or out through the
             // host's routing with NAT). The frame carries the router MAC, not the veth's,
-            // so the veth marked it PACKET_OTHERHOST and `ip_rcv_core` would drop it:
-            // mark it PACKET_HOST as Cilium's to-host path does. The TTL is the host's
-            // to decrement if it forwards.
-            ctx.change_type(PACKET_HOST).map_err(|_| Reason::RedirectFailed)?;
+            // so it must be marked PACKET_HOST, as Cilium's to-host path does. The TTL is
+            // the host's to decrement if it forwards.
+            redirect::mark_for_host(ctx)?;
             return Ok(Reason::PassToHost);
         }
         // ROUTE_BLOCKED: another overlay network, or an address no node holds.
