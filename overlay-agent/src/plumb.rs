@@ -65,7 +65,7 @@ pub struct PlugSpec {
     pub handoff: bool,
     pub ip: Ipv4Addr,
     pub prefix_len: u8,
-    /// The container's default route (an L3 network's gateway).
+    /// The container's default route: the network's gateway, if it has one.
     pub gateway: Option<Ipv4Addr>,
     pub mac: MacAddr,
     /// The container's MTU (underlay − 50).

@@ -153,6 +153,11 @@ impl SubnetRecord {
 }
 
 impl StaticSubnetRecord {
+    /// Who routes it, for people: the host without an agent behind `vtep`.
+    pub fn holder(&self) -> String {
+        format!("static ({})", self.vtep)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let r: StaticSubnetRecord = serde_json::from_slice(bytes)?;
         if !is_unicast(r.vtep) {

@@ -30,9 +30,7 @@ fn pings(from: &NetNs, to: Ipv4Addr) -> bool {
 }
 
 fn gateway_of(lab: &Lab, host: usize, net: NetworkDef) -> Ipv4Addr {
-    let out = lab.cli(host, &["status", "--json"]);
-    out.assert_success();
-    let s: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let s = lab.status(host);
     let n = s["networks"].as_array().unwrap().iter().find(|n| n["name"] == net.name).unwrap_or_else(|| panic!("{s}"));
     n["gateway"].as_str().unwrap_or_else(|| panic!("no gateway: {n}")).parse().unwrap()
 }

@@ -21,15 +21,9 @@ fn ebpf() -> bool {
     suite_mode() != DatapathMode::Kernel
 }
 
-fn status(lab: &Lab, i: usize) -> serde_json::Value {
-    let out = lab.cli(i, &["status", "--json"]);
-    out.assert_success();
-    serde_json::from_str(&out.stdout).unwrap()
-}
-
 /// Host `i`'s node subnet in network `name`, from `status`.
 fn node_subnet(lab: &Lab, i: usize, name: &str) -> Ipv4Net {
-    let s = status(lab, i);
+    let s = lab.status(i);
     let net = s["networks"].as_array().unwrap().iter().find(|n| n["name"] == name).unwrap_or_else(|| panic!("{s}"));
     net["node_subnet"].as_str().unwrap_or_else(|| panic!("no node subnet: {net}")).parse().unwrap()
 }
@@ -89,7 +83,7 @@ fn node_subnets_are_allocated_once_and_containers_are_routed_between_them() {
     }
 
     // Every host's status lists the three node subnets with their router MACs.
-    let s = status(&lab, 0);
+    let s = lab.status(0);
     let listed: Vec<&str> = s["subnets"].as_array().unwrap().iter().map(|x| x["subnet"].as_str().unwrap()).collect();
     assert_eq!(listed.len(), 3, "{s}");
 
@@ -239,7 +233,7 @@ fn a_host_built_with_the_routed_recipe_joins_with_remote_add_subnet() {
     let a = lab.add_allocated(0, "a", ROUTED);
     // What `status` tells the person configuring the other host: the node subnet and
     // the router MAC for their neighbour entry.
-    let s = status(&lab, 0);
+    let s = lab.status(0);
     let net = &s["networks"][0];
     let ours: Ipv4Net = net["node_subnet"].as_str().unwrap().parse().unwrap();
     let router_mac: overlay_agent::mac::MacAddr = net["router_mac"].as_str().unwrap().parse().unwrap();

@@ -52,7 +52,7 @@ impl Agent {
         for m in publish {
             let holder = self.local.values().find(|l| l.record.publish.iter().any(|p| p.host_port == m.host_port && p.proto == m.proto));
             if let Some(l) = holder {
-                return Err(RequestError::PortTaken { mapping: *m, host_port: m.host_port, proto: m.proto.name(), holder: l.record.ip });
+                return Err(RequestError::PortTaken { mapping: *m, holder: l.record.ip });
             }
             if !seen.insert((m.host_port, m.proto)) {
                 return Err(RequestError::PortRepeated { mapping: *m });

@@ -86,8 +86,8 @@ pub enum RequestError {
     SubnetOutside { subnet: ipnet::Ipv4Net, network: String, cluster: ipnet::Ipv4Net },
     #[error("no static subnet {subnet} in network {network} (see `overlay-agent status`)")]
     NoSuchSubnet { subnet: ipnet::Ipv4Net, network: String },
-    #[error("{mapping}: host port {host_port}/{proto} is already published by {holder}")]
-    PortTaken { mapping: crate::firewall::PortMapping, host_port: u16, proto: &'static str, holder: Ipv4Addr },
+    #[error("{mapping}: host port {}/{} is already published by {holder}", .mapping.host_port, .mapping.proto.name())]
+    PortTaken { mapping: crate::firewall::PortMapping, holder: Ipv4Addr },
     #[error("{mapping}: the host port is given twice")]
     PortRepeated { mapping: crate::firewall::PortMapping },
     #[error(transparent)]
@@ -111,7 +111,7 @@ impl RequestError {
 }
 
 /// A container MAC must be unicast and not all zeros.
-fn check_mac(mac: MacAddr) -> Result<(), RequestError> {
+pub(super) fn check_mac(mac: MacAddr) -> Result<(), RequestError> {
     if mac.is_multicast() || mac.is_zero() { Err(RequestError::BadMac { mac }) } else { Ok(()) }
 }
 

@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
-use super::{Agent, AgentError, requests::RequestError};
+use super::{
+    Agent, AgentError,
+    requests::{RequestError, check_mac},
+};
 use crate::{
     config::{Config, Network, NetworkMode},
     datapath::Router,
@@ -144,9 +147,7 @@ impl Agent {
         if !net.subnet.contains(&s) || s.network() != s.addr() || s.prefix_len() > 30 {
             return Err(RequestError::SubnetOutside { subnet: s, network: net.name, cluster: net.subnet });
         }
-        if spec.mac.is_multicast() || spec.mac.is_zero() {
-            return Err(RequestError::BadMac { mac: spec.mac });
-        }
+        check_mac(spec.mac)?;
         if spec.vtep == self.vtep || !is_unicast(spec.vtep) {
             return Err(RequestError::BadVtep { vtep: spec.vtep, own: self.vtep });
         }
@@ -164,27 +165,24 @@ impl Agent {
         self.desired.put(Record::StaticSubnet(net.vni, s, rec.clone()));
         self.flush().await?;
         info!(network = %net.name, subnet = %s, vtep = %rec.vtep, mac = %rec.mac, "static subnet added");
-        Ok(SubnetInfo { network: net.name, vni: net.vni, subnet: s, node: format!("static ({})", rec.vtep), mac: rec.mac })
+        Ok(static_subnet_info(&net, s, &rec))
     }
 
     /// `remote del --subnet`.
     pub(super) async fn del_static_subnet(&mut self, network: &str, subnet: Ipv4Net) -> Result<SubnetInfo, RequestError> {
         let net = self.l3_network(network)?;
-        let info = self
-            .subnet_infos()
-            .into_iter()
-            .find(|i| i.vni == net.vni && i.subnet == subnet && i.node.starts_with("static"))
-            .ok_or_else(|| RequestError::NoSuchSubnet { subnet, network: net.name.clone() })?;
+        let no_such = || RequestError::NoSuchSubnet { subnet, network: net.name.clone() };
+        if !self.desired.has_static_subnet(net.vni, subnet) {
+            return Err(no_such());
+        }
         self.store_ready()?;
         let (kv, keys) = (self.kv.clone(), self.keys.clone());
         let removed = self.store_write(|| async { Ok(subnets::del_static(&kv, &keys, net.vni, subnet).await?) }).await?;
-        if !removed {
-            return Err(RequestError::NoSuchSubnet { subnet, network: net.name });
-        }
+        let rec = removed.ok_or_else(no_such)?;
         self.desired.delete(&RecordKey::StaticSubnet(net.vni, subnet));
         self.flush().await?;
         info!(network, %subnet, "static subnet deleted");
-        Ok(info)
+        Ok(static_subnet_info(&net, subnet, &rec))
     }
 
     /// Every node subnet of the L3 networks: this node's, the other nodes', the static ones.
@@ -205,4 +203,9 @@ impl Agent {
         out.sort_by_key(|a| (a.vni, a.subnet));
         out
     }
+}
+
+/// How `status` and `remote add/del --subnet` show a static subnet.
+fn static_subnet_info(net: &Network, subnet: Ipv4Net, rec: &StaticSubnetRecord) -> SubnetInfo {
+    SubnetInfo { network: net.name.clone(), vni: net.vni, subnet, node: rec.holder(), mac: rec.mac }
 }

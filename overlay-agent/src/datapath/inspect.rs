@@ -90,7 +90,7 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
         if net.mode == crate::config::NetworkMode::L3 {
             for (dst, len, via) in nl.routes_via(vx.index).await? {
                 let Ok(subnet) = ipnet::Ipv4Net::new(dst, len) else { continue };
-                d.routes.push(RouteRow { vni: net.vni, subnet, kind: "remote".into(), vtep: None, mac: None, udp_port: None, via });
+                d.routes.push(RouteRow { vni: net.vni, subnet, kind: "remote".into(), vtep: None, mac: None, udp_port: None, via: Some(via) });
             }
         }
         for n in nl.neighbours(vx.index).await? {

@@ -83,7 +83,6 @@ impl KernelDatapath {
             synced: false,
             reason,
         };
-
         dp.read_tables().await?;
         info!(networks = dp.devs.len(), neigh = dp.neigh.len(), fdb = dp.fdb.len(), reason = %dp.reason, "kernel VXLAN datapath ready");
         Ok(dp)
@@ -112,7 +111,7 @@ impl KernelDatapath {
             let Some(d) = self.devs.get(&n.vni) else { continue };
             let name = devices::vxlan_name(d.vni);
             for (dst, len, via) in self.nl.routes_via(d.vxlan_index).await.map_err(nl_err("reading routes", name))? {
-                if via == Some(dst) {
+                if via == dst {
                     self.routes.insert((d.vni, dst), len);
                 }
             }
@@ -285,7 +284,7 @@ impl Datapath for KernelDatapath {
         // nothing else needs it (the entries of a gone subnet are removed above, which
         // only leaves the route unusable for the moment in between).
         for &(vni, at) in &dirty.routes {
-            let want = d.route(vni, at).filter(|_| d.is_l3(vni)).map(|(len, _)| len);
+            let want = d.route(vni, at).map(|(len, _)| len);
             if self.set_route(vni, at, want).await? {
                 out.changed += 1;
             }

@@ -37,9 +37,10 @@ impl Desired {
     }
 
     /// The node subnet of another host (or a static one) whose network address is `at`
-    /// in L3 network `vni`: its prefix length and where it is.
+    /// in L3 network `vni`: its prefix length and where it is. `None` in an L2 network
+    /// (whatever subnet records the store holds for its VNI).
     pub fn route(&self, vni: u32, at: Ipv4Addr) -> Option<(u8, Remote)> {
-        if !self.serves(vni) {
+        if !self.serves(vni) || !self.is_l3(vni) {
             return None;
         }
         if let Some(p) = self.subnets.get(&(vni, at))
@@ -58,7 +59,6 @@ impl Desired {
         self.subnets
             .keys()
             .chain(self.static_subnets.keys().filter(|k| !self.subnets.contains_key(k)))
-            .filter(|(vni, _)| self.is_l3(*vni))
             .filter_map(|&(vni, at)| self.route(vni, at).map(|(len, r)| ((vni, at), len, r)))
     }
 
@@ -69,7 +69,7 @@ impl Desired {
             .iter()
             .filter_map(|(&(vni, at), p)| Some((vni, Ipv4Net::new(at, p.prefix_len).ok()?, p.node.to_string(), p.mac)))
             .chain(self.static_subnets.iter().filter_map(|(&(vni, at), (len, s))| {
-                Some((vni, Ipv4Net::new(at, *len).ok()?, format!("static ({})", s.vtep), s.mac))
+                Some((vni, Ipv4Net::new(at, *len).ok()?, s.holder(), s.mac))
             }))
             .collect();
         out.sort_by_key(|a| (a.0, a.1));

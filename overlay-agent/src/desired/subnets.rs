@@ -30,6 +30,11 @@ impl Desired {
         self.routers.get(&vni).is_some_and(|r| r.l3)
     }
 
+    /// Whether the store holds the static subnet `net` of `vni`.
+    pub fn has_static_subnet(&self, vni: u32, net: Ipv4Net) -> bool {
+        self.static_subnets.get(&(vni, net.network())).is_some_and(|(len, _)| *len == net.prefix_len())
+    }
+
     pub(super) fn put_subnet(&mut self, vni: u32, net: Ipv4Net, r: SubnetRecord) {
         let node = self.intern(&r.node);
         let p = PublishedSubnet { node: node.clone(), prefix_len: net.prefix_len(), mac: r.mac, udp_port: r.udp_port };

@@ -435,25 +435,25 @@ impl Netlink {
         address: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
-        validate_prefix_len(prefix_len)?;
-        let result = self.handle.address().add(index, IpAddr::V4(address), prefix_len).execute().await;
-        let target = format!("{address}/{prefix_len} on #{index}");
-        if idempotent(result, &[libc::EEXIST], "add address", target)? {
-            debug!(index, %address, prefix_len, "added address");
-        }
-        Ok(())
+        self.add_address_flagged(index, address, prefix_len, false).await
     }
 
     /// Adds `address/prefix_len` to link `index` without the prefix route the kernel
     /// would add to `main` (`noprefixroute`). Idempotent.
     pub async fn add_address_noprefixroute(&self, index: u32, address: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        self.add_address_flagged(index, address, prefix_len, true).await
+    }
+
+    async fn add_address_flagged(&self, index: u32, address: Ipv4Addr, prefix_len: u8, noprefixroute: bool) -> Result<(), NetlinkError> {
         validate_prefix_len(prefix_len)?;
         let mut req = self.handle.address().add(index, IpAddr::V4(address), prefix_len);
-        req.message_mut().attributes.push(AddressAttribute::Flags(rtnetlink::packet_route::address::AddressFlags::Noprefixroute));
+        if noprefixroute {
+            req.message_mut().attributes.push(AddressAttribute::Flags(rtnetlink::packet_route::address::AddressFlags::Noprefixroute));
+        }
         let result = req.execute().await;
-        let target = format!("{address}/{prefix_len} noprefixroute on #{index}");
+        let target = format!("{address}/{prefix_len}{} on #{index}", if noprefixroute { " noprefixroute" } else { "" });
         if idempotent(result, &[libc::EEXIST], "add address", target)? {
-            debug!(index, %address, prefix_len, "added address without prefix route");
+            debug!(index, %address, prefix_len, noprefixroute, "added address");
         }
         Ok(())
     }

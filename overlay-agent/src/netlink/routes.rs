@@ -13,7 +13,7 @@ use tracing::debug;
 use super::{Netlink, NetlinkError, idempotent, request_error, validate_prefix_len};
 
 /// A route out of one device: destination, prefix length, next hop.
-pub type DeviceRoute = (Ipv4Addr, u8, Option<Ipv4Addr>);
+pub type DeviceRoute = (Ipv4Addr, u8, Ipv4Addr);
 
 /// The kernel's `local` routing table (255), consulted before `main` by the default
 /// rules. The routes a network's gateway needs on the host (the way back into the
@@ -91,7 +91,7 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                via.map(|v| (dst, m.header.destination_prefix_length, Some(v)))
+                via.map(|v| (dst, m.header.destination_prefix_length, v))
             })
             .collect())
     }

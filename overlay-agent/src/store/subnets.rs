@@ -8,8 +8,8 @@ use ipnet::Ipv4Net;
 
 use super::{
     StoreError,
-    keys::Keys,
-    kv::{Cond, Kv, LeaseId, Txn, TxnOutcome},
+    keys::{Key, Keys},
+    kv::{Cond, KeyValue, Kv, LeaseId, Txn, TxnOutcome},
     registry::{ClaimError, holder_of},
 };
 use crate::records::{StaticSubnetRecord, SubnetRecord, encode};
@@ -52,10 +52,23 @@ pub async fn claim<K: Kv>(kv: &K, keys: &Keys, vni: u32, net: Ipv4Net, record: &
     }
 }
 
+/// Every node subnet and static subnet of `vni`, with its key and value.
+async fn taken<K: Kv>(kv: &K, keys: &Keys, vni: u32) -> Result<Vec<(Ipv4Net, KeyValue)>, StoreError> {
+    let mut out = Vec::new();
+    for prefix in [keys.subnets(vni), keys.static_subnets(vni)] {
+        for cur in kv.list(&prefix).await? {
+            if let Some(Key::Subnet(_, net) | Key::StaticSubnet(_, net)) = keys.parse(&cur.key) {
+                out.push((net, cur));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The node subnet `node` holds in `vni`, if any.
 pub async fn held_by<K: Kv>(kv: &K, keys: &Keys, vni: u32, node: &str) -> Result<Option<Ipv4Net>, StoreError> {
     for kv in kv.list(&keys.subnets(vni)).await? {
-        if let (Some(super::keys::Key::Subnet(_, net)), Ok(r)) = (keys.parse(&kv.key), serde_json::from_slice::<SubnetRecord>(&kv.value))
+        if let (Some(Key::Subnet(_, net)), Ok(r)) = (keys.parse(&kv.key), serde_json::from_slice::<SubnetRecord>(&kv.value))
             && r.node == node
         {
             return Ok(Some(net));
@@ -84,15 +97,8 @@ pub async fn allocate<K: Kv>(kv: &K, keys: &Keys, vni: u32, pool: Pool, record: 
         claim(kv, keys, vni, net, record, lease).await?;
         return Ok(net);
     }
-    let mut taken: Vec<Ipv4Net> = Vec::new();
-    for prefix in [keys.subnets(vni), keys.static_subnets(vni)] {
-        for kv in kv.list(&prefix).await? {
-            if let Some(super::keys::Key::Subnet(_, net) | super::keys::Key::StaticSubnet(_, net)) = keys.parse(&kv.key) {
-                taken.push(net);
-            }
-        }
-    }
-    let overlaps = |n: &Ipv4Net| taken.iter().any(|t| t.contains(n) || n.contains(t));
+    let taken = taken(kv, keys, vni).await?;
+    let overlaps = |n: &Ipv4Net| taken.iter().any(|(t, _)| t.contains(n) || n.contains(t));
     let candidates = prefer.into_iter().filter(|p| cluster.contains(p) && p.prefix_len() == len).chain(blocks(cluster, len));
     for net in candidates.filter(|n| !overlaps(n)) {
         match claim(kv, keys, vni, net, record, lease).await {
@@ -107,17 +113,12 @@ pub async fn allocate<K: Kv>(kv: &K, keys: &Keys, vni: u32, pool: Pool, record: 
 /// Declares a subnet routed by a host without an agent. Refused if it overlaps a node
 /// subnet or another static subnet of the network.
 pub async fn add_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, net: Ipv4Net, record: &StaticSubnetRecord) -> Result<(), ClaimError> {
-    for prefix in [keys.subnets(vni), keys.static_subnets(vni)] {
-        for cur in kv.list(&prefix).await? {
-            if let Some(super::keys::Key::Subnet(_, other) | super::keys::Key::StaticSubnet(_, other)) = keys.parse(&cur.key)
-                && (other.contains(&net) || net.contains(&other))
-                && cur.key != keys.static_subnet(vni, net)
-            {
-                return Err(ClaimError::SubnetTaken { subnet: other, network: record.network.clone(), holder: holder_of(&Some(cur), keys) });
-            }
+    let key = keys.static_subnet(vni, net);
+    for (other, cur) in taken(kv, keys, vni).await? {
+        if (other.contains(&net) || net.contains(&other)) && cur.key != key {
+            return Err(ClaimError::SubnetTaken { subnet: other, network: record.network.clone(), holder: holder_of(&Some(cur), keys) });
         }
     }
-    let key = keys.static_subnet(vni, net);
     let txn = Txn::default().when(Cond::Absent(keys.subnet(vni, net))).put(key, encode(record), super::kv::NO_LEASE);
     match kv.txn(txn).await? {
         TxnOutcome::Applied => Ok(()),
@@ -127,14 +128,13 @@ pub async fn add_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, net: Ipv4Net, reco
     }
 }
 
-/// Removes a static subnet; `false` if there was none.
-pub async fn del_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, net: Ipv4Net) -> Result<bool, StoreError> {
+/// Removes a static subnet; returns what it held (`None`: there was none, or not a
+/// valid record).
+pub async fn del_static<K: Kv>(kv: &K, keys: &Keys, vni: u32, net: Ipv4Net) -> Result<Option<StaticSubnetRecord>, StoreError> {
     let key = keys.static_subnet(vni, net);
-    if kv.get(&key).await?.is_none() {
-        return Ok(false);
-    }
-    kv.txn(Txn::default().delete(key)).await?;
-    Ok(true)
+    let Some(cur) = kv.get(&key).await? else { return Ok(None) };
+    kv.txn(Txn::default().when(Cond::ValueIs(key.clone(), cur.value.clone())).delete(key)).await?;
+    Ok(serde_json::from_slice(&cur.value).ok())
 }
 
 #[cfg(test)]
@@ -168,7 +168,8 @@ mod tests {
         assert_eq!(allocate(&kv, &keys, 7, Pool { cluster, len: 24, prefer: None }, &rec("h3"), l3).await.unwrap().to_string(), "10.244.3.0/24");
         let err = allocate(&kv, &keys, 7, Pool { cluster, len: 24, prefer: None }, &rec("h4"), l3).await.unwrap_err();
         assert!(matches!(err, ClaimError::NoFreeSubnet { .. }), "{err}");
-        assert!(del_static(&kv, &keys, 7, "10.244.0.0/24".parse().unwrap()).await.unwrap());
+        assert_eq!(del_static(&kv, &keys, 7, "10.244.0.0/24".parse().unwrap()).await.unwrap(), Some(st.clone()));
+        assert_eq!(del_static(&kv, &keys, 7, "10.244.0.0/24".parse().unwrap()).await.unwrap(), None);
         assert_eq!(allocate(&kv, &keys, 7, Pool { cluster, len: 24, prefer: None }, &rec("h4"), l3).await.unwrap().to_string(), "10.244.0.0/24");
     }
 }

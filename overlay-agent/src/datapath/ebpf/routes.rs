@@ -103,7 +103,7 @@ impl Routes {
 
     /// The remote route at (vni, at) as `d` has it, if any.
     fn wanted(d: &Desired, vni: u32, at: Ipv4Addr) -> Option<(Prefix, RouteValue)> {
-        let (len, r) = d.route(vni, at).filter(|_| d.is_l3(vni))?;
+        let (len, r) = d.route(vni, at)?;
         Some(((vni, at, len), route_value(&r)))
     }
 
