@@ -2,6 +2,7 @@
 //! Every subcommand installs what it needs first (`setup`), and says so when nothing is missing.
 mod bench;
 mod build;
+mod disk;
 mod exec;
 mod run;
 mod scale;

@@ -5,7 +5,7 @@ use std::{ffi::OsString, fs, io, path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{build, exec, setup, workspace};
+use crate::{build, disk, exec, setup, workspace};
 
 /// Network namespaces the integration tests create are named `ovt…`.
 const TEST_NETNS_PREFIX: &str = "ovt";
@@ -41,6 +41,7 @@ pub struct Args {
 
 pub fn execute(args: &Args) -> Result<()> {
     setup::run()?;
+    disk::check_free_space(&workspace::target_dir())?;
     build::build(false)?;
     // A failed variant build fails its stage; the upgrade tests then fail too (never skip)
     // and say the variant is missing, and everything else still runs.
