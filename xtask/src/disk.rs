@@ -50,7 +50,7 @@ fn free_bytes(target: &Path) -> Result<u64> {
     }
     // f_bavail: blocks available to unprivileged users, which is what cargo runs as in
     // general; root may use the reserve too, but a build that needs it is already in trouble.
-    Ok(u64::from(stat.f_bavail) * u64::from(stat.f_frsize))
+    Ok(stat.f_bavail * stat.f_frsize)
 }
 
 #[cfg(test)]
