@@ -167,6 +167,12 @@ pub struct RawNetwork {
     /// needs the gateway).
     #[serde(default)]
     pub masquerade: Option<bool>,
+    /// eBPF datapath: VXLAN of this network is decapsulated only from VTEPs the store
+    /// knows for it (its nodes, static endpoints and static subnets); default true.
+    /// `false` accepts any source (peers that are neither agents nor declared with
+    /// `remote add`).
+    #[serde(default)]
+    pub known_vteps_only: Option<bool>,
 }
 
 /// How a network spans hosts.
@@ -268,6 +274,8 @@ pub struct Network {
     /// Containers reach their host (and, with `masquerade`, the world) through a gateway.
     pub gateway: bool,
     pub masquerade: bool,
+    /// VXLAN only from the VTEPs the store knows for this network (eBPF datapath).
+    pub known_vteps_only: bool,
 }
 
 impl Network {
@@ -513,6 +521,7 @@ impl RawConfig {
                 node_subnet: n.node_subnet,
                 gateway,
                 masquerade,
+                known_vteps_only: n.known_vteps_only.unwrap_or(true),
             });
         }
         if ports.len() > limits::MAX_UDP_PORTS {
@@ -580,6 +589,9 @@ path = "/tmp/store"
         assert_eq!(c.networks[0].effective_mtu(1500), 1450);
         assert_eq!(c.vtep_ip, None);
         assert_eq!(c.datapath.mode, DatapathMode::Auto);
+        assert!(c.networks[0].known_vteps_only, "VXLAN only from known VTEPs by default");
+        let open = Config::parse(&GOOD.replace("subnet = \"10.0.10.0/24\"", "subnet = \"10.0.10.0/24\"\nknown_vteps_only = false")).unwrap();
+        assert!(!open.networks[0].known_vteps_only);
         let k = Config::parse(&format!("{GOOD}\n[datapath]\nmode = \"kernel\"\n")).unwrap();
         assert_eq!(k.datapath.mode, DatapathMode::Kernel);
         assert!(err_of(&format!("{GOOD}\n[datapath]\nmode = \"xdp\"\n")).contains("unknown variant `xdp`"));

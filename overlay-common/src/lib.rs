@@ -24,8 +24,9 @@ pub mod maps {
     pub const PROBE: &str = "OVL_PROBE";
     pub const FLOOD: &str = "OVL_FLOOD";
     pub const ROUTES: &str = "OVL_ROUTES";
+    pub const VTEPS: &str = "OVL_VTEPS";
     /// Every map the agent pins, in dump order.
-    pub const ALL: [&str; 8] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, ROUTES, CONFIG, STATS];
+    pub const ALL: [&str; 9] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, ROUTES, VTEPS, CONFIG, STATS];
     /// The layout of every map's key and value, and what they mean. Pins live under
     /// `maps/v<LAYOUT_VERSION>/`: bump this whenever a map type below changes, so that
     /// an upgraded agent builds new maps (filled before its programs take over) instead
@@ -34,7 +35,7 @@ pub mod maps {
     /// The layout version of this source tree (what to bump). [`LAYOUT_VERSION`] is one
     /// more in the `upgrade-test-variant` build, which exists only so that the tests can
     /// upgrade to (and downgrade from) a build with another layout.
-    const LAYOUT: u32 = 1;
+    const LAYOUT: u32 = 2;
 }
 
 /// Program (function) names in the eBPF object.
@@ -58,6 +59,8 @@ pub mod limits {
     /// Node subnets (routes of L3 networks) across all networks: they grow with hosts,
     /// not containers.
     pub const MAX_ROUTES: u32 = 16_384;
+    /// (network, remote VTEP) pairs VXLAN is accepted from: hosts times networks.
+    pub const MAX_VTEPS: u32 = 65_536;
     /// Defaults of `[datapath] neigh_capacity`, `fdb_capacity`, `endpoint_capacity`.
     pub const DEFAULT_NEIGH: u32 = 65_536;
     pub const DEFAULT_FDB: u32 = 65_536;
@@ -211,8 +214,26 @@ pub struct RouteValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NetworkValue {
     pub udp_port_be: u16,
+    /// The containers' MTU: a decapsulated frame may be this plus an Ethernet and a VLAN
+    /// header long (what the kernel's `is_skb_forwardable` lets into a veth).
     pub mtu: u16,
-    pub _pad: [u8; 4],
+    /// [`NETWORK_ANY_VTEP`].
+    pub flags: u16,
+    pub _pad: [u8; 2],
+}
+
+/// [`NetworkValue::flags`]: VXLAN of this network is accepted from any source, not only
+/// from the VTEPs in `OVL_VTEPS` (`known_vteps_only = false`).
+pub const NETWORK_ANY_VTEP: u16 = 1 << 0;
+
+/// `OVL_VTEPS` key: VXLAN of network `vni` is accepted from the VTEP `ip` (the value is
+/// unused). The agent fills it with the VTEPs of the nodes, static endpoints and static
+/// subnets of each network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VtepKey {
+    pub vni: u32,
+    pub ip: [u8; 4],
 }
 
 /// Broadcast/multicast (BUM) replication for one network on this host, keyed by VNI
@@ -332,6 +353,7 @@ mod pod {
     unsafe impl aya::Pod for FloodValue {}
     unsafe impl aya::Pod for RouteKey {}
     unsafe impl aya::Pod for RouteValue {}
+    unsafe impl aya::Pod for VtepKey {}
 }
 
 #[cfg(test)]
@@ -353,6 +375,7 @@ mod tests {
         assert_eq!(size_of::<FloodValue>(), 8 + 4 * limits::MAX_FLOOD_PORTS);
         assert_eq!(size_of::<RouteKey>(), 8);
         assert_eq!(size_of::<RouteValue>(), 16);
+        assert_eq!(size_of::<VtepKey>(), 8);
     }
 
     #[test]

@@ -90,7 +90,8 @@ pub enum Reason {
     AdjustRoomFailed = 42,
     /// The redirect helper refused the packet.
     RedirectFailed = 43,
-    /// Writing into the packet failed (`bpf_skb_store_bytes`/`load_bytes`).
+    /// Writing into the packet failed (`bpf_skb_store_bytes`/`load_bytes`); a failed
+    /// pull is [`Reason::PullFailed`].
     StoreFailed = 44,
     /// VXLAN to our port whose VNI is served but whose inner destination is a remote
     /// endpoint (we never forward VXLAN to VXLAN).
@@ -105,6 +106,24 @@ pub enum Reason {
     NoRoute = 47,
     /// Routed with TTL 1 or 0: a router must not forward it (RFC 791, RFC 1812 5.3.1).
     TtlExceeded = 48,
+    /// `bpf_skb_pull_data` failed (out of memory): the headers could not be made
+    /// readable.
+    PullFailed = 49,
+    /// An IPv4 packet (or ARP sender address) from a container whose source address is
+    /// not the endpoint's own (spoofing or misconfiguration).
+    SourceIpMismatch = 50,
+    /// VXLAN for us whose outer IPv4 header checksum is wrong (TC ingress runs before
+    /// the kernel's own IP checks, so the datapath checks what it decapsulates).
+    OuterBadChecksum = 51,
+    /// VXLAN for us whose outer IPv4 total length or UDP length disagrees with the
+    /// packet's length (truncated, or trailing bytes).
+    OuterBadLength = 52,
+    /// VXLAN from a source that is not a VTEP the store knows for that network (on by
+    /// default; `known_vteps_only = false` in a network's config turns it off).
+    UnknownVtep = 53,
+    /// A decapsulated frame longer than the network's MTU allows (the container's
+    /// interface would drop it anyway, uncounted).
+    Oversized = 54,
 }
 
 /// How a reason ended for the packet.
@@ -116,7 +135,7 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 35] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
@@ -146,6 +165,12 @@ impl Reason {
         Reason::RouteNotIpv4,
         Reason::NoRoute,
         Reason::TtlExceeded,
+        Reason::PullFailed,
+        Reason::SourceIpMismatch,
+        Reason::OuterBadChecksum,
+        Reason::OuterBadLength,
+        Reason::UnknownVtep,
+        Reason::Oversized,
     ];
 
     pub const fn kind(self) -> ReasonKind {
@@ -187,6 +212,12 @@ impl Reason {
             46 => Reason::RouteNotIpv4,
             47 => Reason::NoRoute,
             48 => Reason::TtlExceeded,
+            49 => Reason::PullFailed,
+            50 => Reason::SourceIpMismatch,
+            51 => Reason::OuterBadChecksum,
+            52 => Reason::OuterBadLength,
+            53 => Reason::UnknownVtep,
+            54 => Reason::Oversized,
             _ => return None,
         })
     }
@@ -223,6 +254,12 @@ impl Reason {
             Reason::RouteNotIpv4 => "route-not-ipv4",
             Reason::NoRoute => "no-route",
             Reason::TtlExceeded => "ttl-exceeded",
+            Reason::PullFailed => "pull-failed",
+            Reason::SourceIpMismatch => "source-ip-mismatch",
+            Reason::OuterBadChecksum => "outer-bad-checksum",
+            Reason::OuterBadLength => "outer-bad-length",
+            Reason::UnknownVtep => "unknown-vtep",
+            Reason::Oversized => "oversized",
         }
     }
 }
@@ -247,5 +284,27 @@ mod tests {
         assert_eq!(Reason::Decapsulated.kind(), ReasonKind::Forwarded);
         assert_eq!(Reason::PassFragment.kind(), ReasonKind::Passed);
         assert_eq!(Reason::UnknownVni.kind(), ReasonKind::Dropped);
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    extern crate std;
+    use std::format;
+
+    use super::Reason;
+
+    /// The README's drop-reason table (Operations) lists every reason, so an operator
+    /// reading a `map dump` row finds what it means.
+    #[test]
+    fn the_readme_lists_every_reason() {
+        let readme = include_str!("../../README.md");
+        for r in Reason::ALL {
+            if r == Reason::UpgradeTestMarker {
+                continue;
+            }
+            let row = format!("| `{}` | {} |", r.name(), r as u32);
+            assert!(readme.contains(&row), "README.md's reason table has no row starting {row}");
+        }
     }
 }

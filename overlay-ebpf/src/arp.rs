@@ -28,7 +28,7 @@ const IPV4_ALEN: u8 = 4;
 /// every other ARP frame is dropped with the reason that ruled it out.
 #[inline(always)]
 pub fn reply(ctx: &TcContext, endpoint: &EndpointValue, ifindex: u32) -> Outcome {
-    parse::pull(ctx, size_of::<ArpFrame>()).map_err(|_| Reason::StoreFailed)?;
+    parse::pull(ctx, size_of::<ArpFrame>()).map_err(|_| Reason::PullFailed)?;
     let frame = ptr_at::<ArpFrame>(ctx, 0).ok_or(Reason::Malformed)?;
     // SAFETY: ptr_at checked that the whole ArpFrame is inside the linear data; the map
     // lookup below does not move packet data, so the pointer stays valid until we return.
@@ -44,6 +44,15 @@ pub fn reply(ctx: &TcContext, endpoint: &EndpointValue, ifindex: u32) -> Outcome
         return Err(Reason::ArpNotRequest);
     }
 
+    // The sender fields are what every ARP cache that sees the frame learns from: only
+    // the endpoint's own (or 0.0.0.0, an RFC 5227 probe). The reply goes back into this
+    // container only, but a request that claims someone else's address is spoofing.
+    if arp.sha != endpoint.mac {
+        return Err(Reason::SourceMacMismatch);
+    }
+    if arp.spa != endpoint.ip && arp.spa != [0; 4] {
+        return Err(Reason::SourceIpMismatch);
+    }
     let target_ip = arp.tpa;
     // A request for the sender's own address is duplicate address detection (RFC 5227,
     // sender IP 0) or a gratuitous ARP: answering it would report a conflict.

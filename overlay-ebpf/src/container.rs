@@ -3,7 +3,10 @@
 //! is addressed to the router MAC), and nothing else leaves.
 
 use aya_ebpf::programs::TcContext;
-use network_types::eth::{EthHdr, EtherType};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
+};
 use overlay_common::{FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason};
 
 use crate::{
@@ -29,7 +32,7 @@ pub fn try_from_container(ctx: &TcContext) -> Outcome {
     // SAFETY: the value is copied out at once; the agent replaces entries whole.
     let endpoint = *unsafe { crate::OVL_ENDPOINTS.get(ifindex) }.ok_or(Reason::UnknownEndpoint)?;
 
-    parse::pull(ctx, EthHdr::LEN).map_err(|_| Reason::StoreFailed)?;
+    parse::pull(ctx, EthHdr::LEN).map_err(|_| Reason::PullFailed)?;
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::Malformed)?;
     // SAFETY: ptr_at bounds-checked the header; copied before any helper call.
     let eth = unsafe { *eth };
@@ -38,6 +41,17 @@ pub fn try_from_container(ctx: &TcContext) -> Outcome {
     }
     if eth.ether_type == EtherType::Arp as u16 {
         return arp::reply(ctx, &endpoint, ifindex);
+    }
+    if eth.ether_type == EtherType::Ipv4 as u16 {
+        // Anti-spoofing: a container sends only from its own address, or it could reach
+        // others' peers in its name (their replies would go to the real owner) or slip
+        // past the isolation other hosts apply by source.
+        parse::pull(ctx, EthHdr::LEN + Ipv4Hdr::LEN).map_err(|_| Reason::PullFailed)?;
+        let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::Malformed)?;
+        // SAFETY: ptr_at bounds-checked the header.
+        if unsafe { (*ip).src_addr } != endpoint.ip {
+            return Err(Reason::SourceIpMismatch);
+        }
     }
     if is_group_mac(&eth.dst_addr) {
         // Broadcast/multicast that ARP answering did not consume: the network's other

@@ -24,6 +24,7 @@ mod redirect;
 mod route;
 mod stats;
 mod underlay;
+mod validate;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -33,7 +34,7 @@ use aya_ebpf::{
 };
 use overlay_common::{
     DatapathConfig, Direction, EndpointValue, FdbKey, FdbValue, FloodValue, NeighKey, NeighValue, NetworkValue,
-    ProbeArgs, RouteKey, RouteValue, STATS_ENTRIES, StatsValue, limits, maps, programs,
+    ProbeArgs, RouteKey, RouteValue, STATS_ENTRIES, StatsValue, VtepKey, limits, maps, programs,
 };
 
 // Maps. No pinning flag: the agent pins them itself under its own bpffs directory. The
@@ -64,6 +65,10 @@ static OVL_FLOOD: HashMap<u32, FloodValue> = HashMap::with_max_entries(limits::M
 /// Node subnets of L3 networks on other hosts, by (VNI, prefix): see `route`.
 #[map]
 static OVL_ROUTES: LpmTrie<RouteKey, RouteValue> = LpmTrie::with_max_entries(limits::MAX_ROUTES, 0);
+
+/// (VNI, VTEP) pairs VXLAN is accepted from (see `validate`).
+#[map]
+static OVL_VTEPS: HashMap<VtepKey, u32> = HashMap::with_max_entries(limits::MAX_VTEPS, 0);
 
 /// Host-wide settings, index 0 only.
 #[map]
@@ -138,6 +143,7 @@ assert_named! {
     OVL_FDB = maps::FDB;
     OVL_FLOOD = maps::FLOOD;
     OVL_ROUTES = maps::ROUTES;
+    OVL_VTEPS = maps::VTEPS;
     OVL_ENDPOINTS = maps::ENDPOINTS;
     OVL_NETWORKS = maps::NETWORKS;
     OVL_CONFIG = maps::CONFIG;

@@ -106,7 +106,7 @@ pub fn from_underlay(ctx: &TcContext, vni: u32, inner_type: u16, router_mac: [u8
 /// section 5.3.1); no ICMP time-exceeded is sent back.
 #[inline(always)]
 fn checked_ip(ctx: &TcContext) -> Result<[u8; 4], Reason> {
-    parse::pull(ctx, IP_OFF + Ipv4Hdr::LEN).map_err(|_| Reason::StoreFailed)?;
+    parse::pull(ctx, IP_OFF + Ipv4Hdr::LEN).map_err(|_| Reason::PullFailed)?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, IP_OFF).ok_or(Reason::RouteNotIpv4)?;
     // SAFETY: ptr_at bounds-checked the header; copied out before any helper call.
     let ip = unsafe { &*ip };

@@ -18,6 +18,7 @@ use crate::{
     },
     redirect, route,
     stats::Outcome,
+    validate,
 };
 
 /// Classifies and handles one packet from the underlay.
@@ -67,13 +68,22 @@ pub fn try_from_underlay(ctx: &TcContext) -> Outcome {
     // An unfragmented IPv4 packet that says UDP must carry a UDP header.
     let udp = ptr_at::<UdpHdr>(ctx, OUTER_UDP_OFF).ok_or(Reason::Malformed)?;
     // SAFETY: ptr_at bounds-checked the header.
-    let dst_port_be = u16::from_ne_bytes(unsafe { (*udp).dst });
-    if !is_vxlan_port(config, dst_port_be) {
+    let udp = unsafe { &*udp };
+    if !is_vxlan_port(config, u16::from_ne_bytes(udp.dst)) {
         return Ok(Reason::PassNotOverlay);
     }
 
-    // VXLAN for us from here on: everything not delivered is dropped and counted.
-    parse::pull(ctx, size_of::<VxlanFrame>()).map_err(|_| Reason::StoreFailed)?;
+    // VXLAN for us from here on: everything not delivered is dropped and counted. The
+    // outer headers are copied before the pull below, which invalidates packet pointers.
+    let outer = validate::Outer {
+        src: ip.src_addr,
+        tot_len: ip.tot_len(),
+        udp_len: validate::udp_len(udp),
+        // SAFETY: `ip` points at a bounds-checked header of exactly this size.
+        header: unsafe { *(ip as *const Ipv4Hdr as *const [u8; Ipv4Hdr::LEN]) },
+    };
+    validate::outer_headers(ctx, &outer)?;
+    parse::pull(ctx, size_of::<VxlanFrame>()).map_err(|_| Reason::PullFailed)?;
     let vxlan_hdr = ptr_at::<VxlanHdr>(ctx, VXLAN_OFF).ok_or(Reason::Malformed)?;
     // SAFETY: ptr_at bounds-checked the header.
     let vxlan_hdr = unsafe { &*vxlan_hdr };
@@ -81,13 +91,17 @@ pub fn try_from_underlay(ctx: &TcContext) -> Outcome {
         return Err(Reason::VxlanBadFlags);
     }
     let vni = vxlan_hdr.vni();
+    // SAFETY: the value is copied out at once; the agent replaces entries whole.
+    let network = *unsafe { crate::OVL_NETWORKS.get(vni) }.ok_or(Reason::UnknownVni)?;
+    validate::known_vtep(vni, &network, outer.src)?;
+    validate::inner_size(ctx, &network)?;
     let inner_eth = ptr_at::<EthHdr>(ctx, INNER_ETH_OFF).ok_or(Reason::Malformed)?;
     // SAFETY: ptr_at bounds-checked the header.
     let (inner_dst, inner_type) = unsafe { ((*inner_eth).dst_addr, (*inner_eth).ether_type) };
     if is_group_mac(&inner_dst) {
         // Broadcast from another host: to every local endpoint of this VNI, nowhere else
         // (in particular never back out: the sender replicated it to every host).
-        let targets = flood::targets(vni).ok_or(Reason::UnknownVni)?;
+        let targets = flood::targets(vni).ok_or(Reason::BroadcastUnsupported)?;
         if targets.n_ports == 0 {
             return Err(Reason::BroadcastUnsupported);
         }
@@ -98,13 +112,7 @@ pub fn try_from_underlay(ctx: &TcContext) -> Outcome {
 
     // SAFETY: the fields are copied out at once; the agent replaces entries whole.
     let Some(fdb) = (unsafe { crate::OVL_FDB.get(FdbKey::new(vni, inner_dst)) }) else {
-        // SAFETY: only tested for presence.
-        let served = unsafe { crate::OVL_NETWORKS.get(vni) }.is_some();
-        return Err(if served {
-            Reason::UnknownDestination
-        } else {
-            Reason::UnknownVni
-        });
+        return Err(Reason::UnknownDestination);
     };
     let (kind, ifindex) = (fdb.kind, fdb.ifindex);
     match kind {

@@ -23,6 +23,7 @@ pub mod lab;
 pub mod ns;
 pub mod packet;
 pub mod pinned;
+pub mod plain;
 pub mod scale;
 pub mod topo;
 pub mod traffic;

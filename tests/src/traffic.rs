@@ -108,6 +108,8 @@ pub struct PingOptions {
     /// Set DF (`IP_PMTUDISC_DO`): too big a packet then fails to send, or
     /// draws an ICMP "fragmentation needed" from a router.
     pub dont_fragment: bool,
+    /// Send from this address of the namespace (bind), instead of the route's source.
+    pub source: Option<Ipv4Addr>,
 }
 
 impl Default for PingOptions {
@@ -117,6 +119,7 @@ impl Default for PingOptions {
             timeout: Duration::from_secs(1),
             payload_len: 56,
             dont_fragment: false,
+            source: None,
         }
     }
 }
@@ -257,10 +260,21 @@ pub fn ping(ns: &NetNs, dst: Ipv4Addr, count: u32, timeout: Duration) -> PingRes
 
 /// [`ping`] with every setting.
 pub fn ping_with(ns: &NetNs, dst: Ipv4Addr, options: &PingOptions) -> PingResult {
-    let dont_fragment = options.dont_fragment;
+    let (dont_fragment, source) = (options.dont_fragment, options.source);
     let fd = ns
         .run(|| -> io::Result<OwnedFd> {
             let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
+            if let Some(src) = source {
+                let addr = sockaddr_in(src);
+                // SAFETY: `addr` is live for the call and its size is passed.
+                cvt(unsafe {
+                    libc::bind(
+                        fd.as_raw_fd(),
+                        (&addr as *const libc::sockaddr_in).cast(),
+                        mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                })?;
+            }
             if dont_fragment {
                 setsockopt(
                     fd.as_raw_fd(),

@@ -65,7 +65,14 @@ async fn check_host(config: &Config, host: &Netlink) -> Result<HostFacts, AgentE
         if mtu < 576 {
             return Err(AgentError::MtuTooSmall { network: n.name.clone(), mtu });
         }
-        networks.push(NetSpec { vni: n.vni, udp_port: n.udp_port, mtu, subnet: n.subnet, router: None });
+        networks.push(NetSpec {
+            vni: n.vni,
+            udp_port: n.udp_port,
+            mtu,
+            subnet: n.subnet,
+            router: None,
+            known_vteps_only: n.known_vteps_only,
+        });
     }
     Ok(HostFacts { underlay, vtep, networks })
 }

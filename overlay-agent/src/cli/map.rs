@@ -36,9 +36,14 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
         None if d.datapath == "kernel" => println!("config:   kernel bridge + VXLAN devices (see networks)"),
         None => println!("config:   (not configured yet)"),
     }
-    let mut t = table(&["VNI", "UDP PORT", "MTU"]);
+    let mut t = table(&["VNI", "UDP PORT", "MTU", "VXLAN FROM"]);
     for n in &d.networks {
-        t.add_row(vec![n.vni.to_string(), n.udp_port.to_string(), n.mtu.to_string()]);
+        let from = match n.known_vteps_only {
+            Some(true) => "known VTEPs",
+            Some(false) => "any source",
+            None => "-",
+        };
+        t.add_row(vec![n.vni.to_string(), n.udp_port.to_string(), n.mtu.to_string(), from.into()]);
     }
     println!("\nnetworks\n{t}");
     let mut t = table(&["HOST IFINDEX", "VNI", "IP", "MAC"]);
@@ -83,6 +88,13 @@ pub fn dump(config: &Config, out: OutputArgs) -> Result<()> {
             t.add_row(vec![r.vni.to_string(), r.subnet.to_string(), r.kind.clone(), via]);
         }
         println!("\nroutes (node subnets of L3 networks, gateways)\n{t}");
+    }
+    if d.datapath == "ebpf" {
+        let mut t = table(&["VNI", "VTEP"]);
+        for v in &d.vteps {
+            t.add_row(vec![v.vni.to_string(), v.vtep.to_string()]);
+        }
+        println!("\nVTEPs VXLAN is accepted from\n{t}");
     }
     let mut t = table(&["DIRECTION", "REASON", "KIND", "PACKETS", "BYTES"]);
     for s in &d.stats {

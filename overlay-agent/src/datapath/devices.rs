@@ -68,6 +68,8 @@ pub struct NetSpec {
     pub subnet: ipnet::Ipv4Net,
     /// This host's router in the network (an L3 network, or an L2 network's gateway).
     pub router: Option<super::Router>,
+    /// Decapsulate only from the VTEPs the store knows for the network (eBPF).
+    pub known_vteps_only: bool,
 }
 
 /// Deletes this agent's devices for `vnis` if they exist (a mode switch, `down`).

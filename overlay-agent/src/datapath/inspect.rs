@@ -64,6 +64,7 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
         fdb: Vec::new(),
         flood: Vec::new(),
         routes: Vec::new(),
+        vteps: Vec::new(),
         stats: Vec::new(),
     };
     for net in &config.networks {
@@ -73,6 +74,7 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
             vni: net.vni,
             udp_port: info.map_or(net.udp_port, |i| i.port),
             mtu: vx.mtu as u16,
+            known_vteps_only: None,
         });
         for ep in own.iter().filter(|e| e.vni == net.vni) {
             let ifindex = nl.link_by_name(&ep.host_ifname).await?.map_or(0, |l| l.index);

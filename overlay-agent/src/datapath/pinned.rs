@@ -9,7 +9,8 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use overlay_common::{
     DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, FdbValue, FloodValue, NeighKey,
-    NeighValue, NetworkValue, Reason, RouteKey, RouteValue, StatsValue, maps, reason::ReasonKind, stats_index,
+    NETWORK_ANY_VTEP, NeighValue, NetworkValue, Reason, RouteKey, RouteValue, StatsValue, VtepKey, maps,
+    reason::ReasonKind, stats_index,
 };
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,16 @@ pub struct NetworkRow {
     pub vni: u32,
     pub udp_port: u16,
     pub mtu: u16,
+    /// eBPF: VXLAN only from the network's known VTEPs (`vteps`); `None` in kernel mode.
+    #[serde(default)]
+    pub known_vteps_only: Option<bool>,
+}
+
+/// A VTEP VXLAN of a network is accepted from (eBPF).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VtepRow {
+    pub vni: u32,
+    pub vtep: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,6 +149,9 @@ pub struct MapDump {
     /// Node subnets of L3 networks on other hosts.
     #[serde(default)]
     pub routes: Vec<RouteRow>,
+    /// The VTEPs each network accepts VXLAN from (eBPF).
+    #[serde(default)]
+    pub vteps: Vec<VtepRow>,
     /// Non-zero counters, summed over CPUs (eBPF only).
     pub stats: Vec<StatsRow>,
 }
@@ -210,7 +224,12 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
     let mut networks = Vec::new();
     for item in networks_map.iter() {
         let (vni, v) = item.map_err(read_err(maps::NETWORKS))?;
-        networks.push(NetworkRow { vni, udp_port: u16::from_be(v.udp_port_be), mtu: v.mtu });
+        networks.push(NetworkRow {
+            vni,
+            udp_port: u16::from_be(v.udp_port_be),
+            mtu: v.mtu,
+            known_vteps_only: Some(v.flags & NETWORK_ANY_VTEP == 0),
+        });
     }
     networks.sort_by_key(|n| n.vni);
 
@@ -293,6 +312,14 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
         routes.sort_by_key(|r| (r.vni, r.subnet));
     }
 
+    let vteps_map: HashMap<MapData, VtepKey, u32> = typed(maps_dir, maps::VTEPS)?;
+    let mut vteps = Vec::new();
+    for item in vteps_map.iter() {
+        let (k, _) = item.map_err(read_err(maps::VTEPS))?;
+        vteps.push(VtepRow { vni: k.vni, vtep: k.ip.into() });
+    }
+    vteps.sort_by_key(|v| (v.vni, v.vtep));
+
     let stats_map: PerCpuArray<MapData, StatsValue> = typed(maps_dir, maps::STATS)?;
     let mut stats = Vec::new();
     for dir in Direction::ALL {
@@ -326,6 +353,7 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
         fdb,
         flood,
         routes,
+        vteps,
         stats,
     })
 }

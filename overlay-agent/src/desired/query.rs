@@ -54,6 +54,17 @@ impl Desired {
             .map(|(len, s)| (*len, Remote { mac: s.mac, vtep: s.vtep, udp_port: s.udp_port, node: None }))
     }
 
+    /// The VTEPs VXLAN of `vni` may come from: those of its remote endpoints (L2) or
+    /// node subnets (L3), static ones included.
+    pub fn vteps(&self, vni: u32) -> BTreeSet<Ipv4Addr> {
+        let mut out: BTreeSet<Ipv4Addr> =
+            self.flood.get(&vni).into_iter().flat_map(|m| m.keys().map(|&(vtep, _)| vtep)).collect();
+        if self.is_l3(vni) {
+            out.extend(self.all_routes().filter(|((v, _), _, _)| *v == vni).map(|(_, _, r)| r.vtep));
+        }
+        out
+    }
+
     /// Every route in effect: ((vni, network address), prefix length, where).
     pub fn all_routes(&self) -> impl Iterator<Item = ((u32, Ipv4Addr), u8, Remote)> + '_ {
         self.subnets

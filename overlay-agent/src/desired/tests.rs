@@ -240,3 +240,35 @@ fn an_l3_network_routes_node_subnets_and_holds_no_remote_container() {
     d.snapshot(vec![node("h1", 1)]);
     assert_eq!(d.all_routes().count(), 0, "a snapshot without them removes them");
 }
+
+#[test]
+fn a_network_accepts_vxlan_from_the_vteps_of_its_remotes_only() {
+    let mut d = desired();
+    assert!(d.vteps(VNI).is_empty());
+    // A node without endpoints in the network sends it nothing.
+    d.snapshot(vec![node("h2", 2), node("h3", 3), ep("h2", 12)]);
+    assert_eq!(d.vteps(VNI), BTreeSet::from([vtep(2)]));
+    // An agentless VTEP declared with `remote add`.
+    let st = StaticRecord { network: "blue".into(), mac: MacAddr::from_ipv4(ip(99)), vtep: vtep(9), udp_port: 4789, declared_by: "h1".into() };
+    d.take_dirty();
+    d.put(Record::Static(VNI, ip(99), st));
+    assert_eq!(d.vteps(VNI), BTreeSet::from([vtep(2), vtep(9)]));
+    assert!(d.take_dirty().flood.contains(&VNI), "a change of VTEPs marks the network");
+    // The node moves, then goes.
+    d.put(node("h2", 22));
+    assert_eq!(d.vteps(VNI), BTreeSet::from([vtep(22), vtep(9)]));
+    d.delete(&RecordKey::Node("h2".into()));
+    assert_eq!(d.vteps(VNI), BTreeSet::from([vtep(9)]));
+    // Own containers are not remotes.
+    d.add_local(local(20, 7));
+    assert_eq!(d.vteps(VNI), BTreeSet::from([vtep(9)]));
+    // An L3 network: the VTEPs of its node subnets, static ones included.
+    let mut d = desired();
+    d.set_router(VNI, Router { subnet: "10.0.10.0/24".parse().unwrap(), gateway: ip(1), mac: MacAddr([0x0e, 0, 0, 0, 0, 1]), l3: true });
+    d.put(node("h2", 2));
+    d.put(Record::Subnet(VNI, "10.0.20.0/24".parse().unwrap(), subnet_rec("h2", 2)));
+    let st = StaticSubnetRecord { network: "routed".into(), mac: MacAddr([0x0a, 0, 0, 0, 0, 9]), vtep: vtep(9), udp_port: 4789, declared_by: "h1".into() };
+    d.put(Record::StaticSubnet(VNI, "10.0.99.0/24".parse().unwrap(), st));
+    assert_eq!(d.vteps(VNI), BTreeSet::from([vtep(2), vtep(9)]));
+    assert!(d.vteps(43).is_empty(), "nothing for another network");
+}

@@ -15,6 +15,7 @@ mod load;
 pub mod pins;
 mod routes;
 mod tables;
+mod vteps;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -29,7 +30,7 @@ use aya::{
     util::KernelVersion,
 };
 use overlay_common::{
-    DatapathConfig, FEATURE_CSUM_LEVEL, FloodValue, NetworkValue, limits, maps, programs, vxlan,
+    DatapathConfig, FEATURE_CSUM_LEVEL, FloodValue, NETWORK_ANY_VTEP, NetworkValue, limits, maps, programs, vxlan,
 };
 use tracing::{debug, info, warn};
 
@@ -74,6 +75,7 @@ pub struct EbpfDatapath {
     endpoints: Table<u32, overlay_common::EndpointValue>,
     flood: HashMap<MapData, u32, FloodValue>,
     routes: routes::Routes,
+    vteps: vteps::Vteps,
     pins: Pins,
     features: Features,
     kernel: String,
@@ -154,8 +156,9 @@ fn write_config(ebpf: &mut Ebpf, s: &EbpfSettings, features: &Features) -> Resul
     let mut networks: HashMap<MapData, u32, NetworkValue> = take(ebpf, maps::NETWORKS)?;
     let mut cfg = DatapathConfig::zeroed();
     let mut served = BTreeSet::new();
-    for &NetSpec { vni, udp_port: port, mtu, .. } in &s.networks {
-        let value = NetworkValue { udp_port_be: port.to_be(), mtu: mtu as u16, _pad: [0; 4] };
+    for &NetSpec { vni, udp_port: port, mtu, known_vteps_only, .. } in &s.networks {
+        let flags = if known_vteps_only { 0 } else { NETWORK_ANY_VTEP };
+        let value = NetworkValue { udp_port_be: port.to_be(), mtu: mtu as u16, flags, _pad: [0; 2] };
         networks.insert(vni, value, 0).map_err(map_err(maps::NETWORKS))?;
         served.insert(vni);
         let n = cfg.n_udp_ports as usize;
@@ -221,6 +224,7 @@ impl EbpfDatapath {
             endpoints: Table::new(take(&mut ebpf, maps::ENDPOINTS)?, maps::ENDPOINTS, caps.endpoints),
             flood: take(&mut ebpf, maps::FLOOD)?,
             routes: routes::Routes::new(take(&mut ebpf, maps::ROUTES)?, &s.networks)?,
+            vteps: vteps::Vteps::new(take(&mut ebpf, maps::VTEPS)?)?,
             ebpf,
             pins,
             features,
@@ -349,7 +353,7 @@ impl Datapath for EbpfDatapath {
     }
 
     fn usage(&self) -> Vec<TableUsage> {
-        vec![self.neigh.usage(), self.fdb.usage(), self.endpoints.usage(), self.routes.usage()]
+        vec![self.neigh.usage(), self.fdb.usage(), self.endpoints.usage(), self.routes.usage(), self.vteps.usage()]
     }
 
     fn check_room(&self) -> Result<(), DatapathError> {
@@ -428,6 +432,9 @@ impl Datapath for EbpfDatapath {
         }
         // Routes after the neighbour and FDB upserts, before their removals.
         out.changed += self.routes.apply(d, dirty.routes.iter().copied())?;
+        // A network's VTEPs change with its remote endpoints' (flood) and node subnets.
+        let vnis: BTreeSet<u32> = dirty.flood.iter().copied().chain(dirty.routes.iter().map(|&(vni, _)| vni)).collect();
+        out.changed += self.vteps.apply(d, vnis)?;
         for k in &removals.2 {
             self.neigh.remove(k)?;
         }
@@ -466,6 +473,7 @@ impl Datapath for EbpfDatapath {
         out += self.fdb.sync(d.all_fdb().map(|((vni, mac), t)| (overlay_common::FdbKey::new(vni, mac.0), fdb_value(t))))?;
         out += self.neigh.sync(d.all_neigh().map(|((vni, ip), mac)| (neigh_key(vni, ip), neigh_value(mac))))?;
         out += self.routes.sync(d)?;
+        out += self.vteps.sync(d)?;
         let stale: Vec<u32> = self.flood.keys().filter_map(Result::ok).filter(|v| !d.serves(*v)).collect();
         for vni in stale {
             self.flood.remove(&vni).map_err(map_err(maps::FLOOD))?;

@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn policy_blocks_every_served_subnet_and_sends_the_rest_to_the_host() {
-        let spec = |vni, subnet: &str, router: Option<Router>| NetSpec { vni, udp_port: 4789, mtu: 1450, subnet: subnet.parse().unwrap(), router };
+        let spec = |vni, subnet: &str, router: Option<Router>| NetSpec { vni, udp_port: 4789, mtu: 1450, subnet: subnet.parse().unwrap(), router, known_vteps_only: true };
         let r = Router { subnet: "10.50.3.0/24".parse().unwrap(), gateway: "10.50.3.1".parse().unwrap(), mac: MacAddr([0x0e, 0, 0, 0, 0, 1]), l3: true };
         let p = policy(&[spec(50, "10.50.0.0/16", Some(r)), spec(42, "10.0.10.0/24", None)]);
         let kinds: Vec<(Prefix, u32)> = p.iter().map(|(k, v)| (*k, v.kind)).collect();

@@ -3,7 +3,7 @@
 //! with its exact counter. Needs root (CAP_BPF) and the real eBPF object; nothing is
 //! attached anywhere.
 
-
+mod hardening;
 mod route;
 
 use aya::{
@@ -13,7 +13,8 @@ use aya::{
 };
 use overlay_common::{
     DatapathConfig, Direction, EndpointValue, FDB_LOCAL, FDB_REMOTE, FdbKey, FdbValue, FloodValue, NeighKey,
-    NeighValue, NetworkValue, Reason, RouteKey, RouteValue, StatsValue, adjust_room, maps, programs, stats_index, vxlan,
+    NeighValue, NetworkValue, Reason, RouteKey, RouteValue, StatsValue, VtepKey, adjust_room, maps, programs, stats_index,
+    vxlan,
 };
 
 use super::{ebpf::OBJECT, probe::ipv4_checksum};
@@ -42,6 +43,7 @@ struct Progs {
     networks: HashMap<MapData, u32, NetworkValue>,
     flood: HashMap<MapData, u32, FloodValue>,
     routes: LpmTrie<MapData, RouteKey, RouteValue>,
+    vteps: HashMap<MapData, VtepKey, u32>,
     stats: PerCpuArray<MapData, StatsValue>,
 }
 
@@ -67,11 +69,16 @@ impl Progs {
             networks: take(&mut ebpf, maps::NETWORKS),
             flood: take(&mut ebpf, maps::FLOOD),
             routes: take(&mut ebpf, maps::ROUTES),
+            vteps: take(&mut ebpf, maps::VTEPS),
             stats: take(&mut ebpf, maps::STATS),
             ebpf,
         };
         p.configure(VTEP_1);
-        p.networks.insert(VNI, NetworkValue { udp_port_be: 4789u16.to_be(), mtu: 1450, _pad: [0; 4] }, 0).unwrap();
+        p.networks.insert(VNI, network(0), 0).unwrap();
+        // Either host may receive from the other (the tests switch roles with `configure`).
+        for vtep in [VTEP_1, VTEP_2] {
+            p.vteps.insert(VtepKey { vni: VNI, ip: vtep }, 1, 0).unwrap();
+        }
         p.endpoints.insert(LO, EndpointValue { vni: VNI, ip: IP_A, mac: MAC_A, _pad: [0; 2] }, 0).unwrap();
         for (ip, mac) in [(IP_A, MAC_A), (IP_B, MAC_B)] {
             p.neigh.insert(NeighKey { vni: VNI, ip }, NeighValue { mac, _pad: [0; 2] }, 0).unwrap();
@@ -117,6 +124,11 @@ impl Progs {
             .map(|(d, r)| self.count(d, r))
             .sum()
     }
+}
+
+/// The network's map entry (MTU 1450) with `flags`.
+fn network(flags: u16) -> NetworkValue {
+    NetworkValue { udp_port_be: 4789u16.to_be(), mtu: 1450, flags, _pad: [0; 2] }
 }
 
 fn local(ifindex: u32) -> FdbValue {
@@ -194,6 +206,19 @@ fn encapsulation_writes_rfc7348_headers() {
     let (ret, out) = p.run(programs::FROM_CONTAINER, &inner);
     assert_eq!(ret, TC_ACT_REDIRECT);
     assert_eq!(out.len(), inner.len() + 50);
+    // Every outer byte, against what RFC 7348 and RFC 791 say it must be; the source port
+    // is the flow hash's (checked below and in hardening.rs), the checksum is computed.
+    let sport = [out[34], out[35]];
+    let ip_len = ((out.len() - 14) as u16).to_be_bytes();
+    let udp_len = ((out.len() - 34) as u16).to_be_bytes();
+    let mut want = vec![0u8; 12]; // MACs: zero, bpf_redirect_neigh fills them in
+    want.extend_from_slice(&[0x08, 0x00]);
+    want.extend_from_slice(&[0x45, 0, ip_len[0], ip_len[1], 0, 0, 0x40, 0, 64, 17, out[24], out[25]]);
+    want.extend_from_slice(&VTEP_1);
+    want.extend_from_slice(&VTEP_2);
+    want.extend_from_slice(&[sport[0], sport[1], 0x12, 0xb5, udp_len[0], udp_len[1], 0, 0]);
+    want.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, VNI as u8, 0]);
+    assert_eq!(&out[..50], &want[..], "outer headers, byte for byte");
     assert_eq!(&out[12..14], &[0x08, 0x00], "outer ethertype IPv4");
     let ip = &out[14..34];
     assert_eq!(ip[0], 0x45, "IPv4, no options");
@@ -303,9 +328,14 @@ fn underlay_traffic_that_is_not_ours_is_passed_or_dropped_with_a_reason() {
     cases.push((to_remote, TC_ACT_SHOT, Reason::NotLocalDestination));
     let mut bcast = wire.clone();
     bcast[50..56].copy_from_slice(&[0xff; 6]);
-    // No flood list: the network is not served here.
-    cases.push((bcast, TC_ACT_SHOT, Reason::UnknownVni));
-    cases.push((wire[..14 + 20 + 8 + 8 + 6].to_vec(), TC_ACT_SHOT, Reason::Malformed));
+    // No flood list for the network.
+    cases.push((bcast, TC_ACT_SHOT, Reason::BroadcastUnsupported));
+    // Cut short: the outer lengths say more than there is.
+    cases.push((wire[..14 + 20 + 8 + 8 + 6].to_vec(), TC_ACT_SHOT, Reason::OuterBadLength));
+    // Lengths that agree, but too short for the inner Ethernet header.
+    let mut short = wire[..14 + 20 + 8 + 8 + 6].to_vec();
+    hardening::fix_lengths(&mut short);
+    cases.push((short, TC_ACT_SHOT, Reason::Malformed));
     let mut arp = vec![0u8; 60];
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     cases.push((arp, TC_ACT_OK, Reason::PassNotOverlay));
