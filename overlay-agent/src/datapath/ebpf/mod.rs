@@ -434,7 +434,7 @@ impl Datapath for EbpfDatapath {
         out.changed += self.routes.apply(d, dirty.routes.iter().copied())?;
         // A network's VTEPs change with its remote endpoints' (flood) and node subnets.
         let vnis: BTreeSet<u32> = dirty.flood.iter().copied().chain(dirty.routes.iter().map(|&(vni, _)| vni)).collect();
-        out.changed += self.vteps.apply(d, vnis)?;
+        out.changed += self.vteps.apply(d, vnis, self.synced)?;
         for k in &removals.2 {
             self.neigh.remove(k)?;
         }

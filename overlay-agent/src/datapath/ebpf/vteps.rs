@@ -39,20 +39,28 @@ impl Vteps {
         self.table.usage()
     }
 
-    /// Brings the networks `vnis` up to date with `d`.
-    pub fn apply(&mut self, d: &Desired, vnis: impl IntoIterator<Item = u32>) -> Result<usize, EbpfError> {
+    /// Brings the networks `vnis` up to date with `d`. Before the first full sync
+    /// (`synced` false) `d` does not know the store's records yet: a restarted agent
+    /// adding its local endpoints would otherwise take every adopted VTEP away and drop
+    /// the traffic of a hitless restart; then VTEPs are only added, and the first
+    /// [`Vteps::sync`] removes what is stale.
+    pub fn apply(&mut self, d: &Desired, vnis: impl IntoIterator<Item = u32>, synced: bool) -> Result<usize, EbpfError> {
         let mut changed = 0;
         for vni in vnis {
-            let want = if d.serves(vni) { d.vteps(vni) } else { BTreeSet::new() };
+            let mut want = if d.serves(vni) { d.vteps(vni) } else { BTreeSet::new() };
             let have = self.installed.remove(&vni).unwrap_or_default();
             for &vtep in want.difference(&have) {
                 if self.table.upsert(key(vni, vtep), 1)? {
                     changed += 1;
                 }
             }
-            for &vtep in have.difference(&want) {
-                self.table.remove(&key(vni, vtep))?;
-                changed += 1;
+            if synced {
+                for &vtep in have.difference(&want) {
+                    self.table.remove(&key(vni, vtep))?;
+                    changed += 1;
+                }
+            } else {
+                want.extend(have);
             }
             if !want.is_empty() {
                 self.installed.insert(vni, want);
