@@ -629,7 +629,7 @@ const CAPTURE_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Capture {
     stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<Vec<Frame>>>,
+    thread: Option<thread::JoinHandle<Result<Vec<Frame>, String>>>,
     what: String,
 }
 
@@ -656,6 +656,10 @@ impl Capture {
     }
 
     /// Stops and returns every frame seen since [`Capture::start`], in order.
+    ///
+    /// Panics if the capture failed (a poll or receive error) or the kernel dropped
+    /// frames for it: a test that looks for a frame, or for its absence, cannot trust
+    /// an incomplete capture, so it fails instead of passing on what it did not see.
     pub fn stop(mut self) -> Vec<Frame> {
         self.finish()
     }
@@ -665,7 +669,8 @@ impl Capture {
         let frames = match self.thread.take() {
             Some(thread) => thread
                 .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                .unwrap_or_else(|e| panic!("the capture on {} is incomplete: {e}", self.what)),
             None => Vec::new(),
         };
         debug!(what = %self.what, frames = frames.len(), "capture stopped");
@@ -719,37 +724,31 @@ fn packet_socket(ifname: &str) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn capture_loop(fd: &OwnedFd, stop: &AtomicBool) -> Vec<Frame> {
+fn capture_loop(fd: &OwnedFd, stop: &AtomicBool) -> Result<Vec<Frame>, String> {
     let mut frames = Vec::new();
     let mut buf = vec![0u8; CAPTURE_BUF];
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         if !stopping {
-            match wait_readable(fd.as_raw_fd(), CAPTURE_POLL) {
-                Ok(_) => {}
-                Err(error) => {
-                    warn!(%error, "capture poll failed");
-                    break;
-                }
-            }
+            wait_readable(fd.as_raw_fd(), CAPTURE_POLL).map_err(|e| format!("poll failed after {} frames: {e}", frames.len()))?;
         }
         // Read what is queued; once stopping, drain and quit.
         loop {
             match recv_frame(fd.as_raw_fd(), &mut buf) {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => break,
-                Err(error) => {
-                    warn!(%error, "capture recv failed");
-                    return frames;
-                }
+                Err(e) => return Err(format!("receive failed after {} frames: {e}", frames.len())),
             }
         }
         if stopping {
             break;
         }
     }
-    report_drops(fd.as_raw_fd());
-    frames
+    match drops(fd.as_raw_fd()) {
+        Ok(0) => Ok(frames),
+        Ok(n) => Err(format!("the kernel dropped {n} frames for it ({} captured)", frames.len())),
+        Err(e) => Err(format!("reading its drop count: {e}")),
+    }
 }
 
 /// One queued frame, or None if nothing is queued.
@@ -788,14 +787,15 @@ fn recv_frame(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Frame>> {
     }))
 }
 
-fn report_drops(fd: RawFd) {
+/// Frames the kernel dropped for this socket (its receive buffer was full).
+fn drops(fd: RawFd) -> io::Result<u32> {
     let mut stats = libc::tpacket_stats {
         tp_packets: 0,
         tp_drops: 0,
     };
     let mut len = mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
     // SAFETY: `stats` is writable for `len` bytes.
-    let ok = unsafe {
+    cvt(unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_PACKET,
@@ -803,10 +803,8 @@ fn report_drops(fd: RawFd) {
             (&mut stats as *mut libc::tpacket_stats).cast(),
             &mut len,
         )
-    } == 0;
-    if ok && stats.tp_drops > 0 {
-        warn!(drops = stats.tp_drops, "the capture dropped frames");
-    }
+    })?;
+    Ok(stats.tp_drops)
 }
 
 #[cfg(test)]
