@@ -66,6 +66,17 @@ pub struct RawConfig {
     pub datapath: DatapathConfig,
     #[serde(default)]
     pub docker: DockerConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics over HTTP (`GET /metrics`, text exposition format).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve them, e.g. `127.0.0.1:9464`; off when absent.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Which datapath forwards the overlay.
@@ -256,6 +267,7 @@ pub struct Config {
     pub store: StoreSettings,
     pub datapath: DatapathConfig,
     pub docker: DockerConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -558,6 +570,7 @@ impl RawConfig {
             store,
             datapath: self.datapath,
             docker: self.docker,
+            metrics: self.metrics,
         })
     }
 }

@@ -11,6 +11,7 @@ pub mod desired;
 pub mod docker;
 pub mod firewall;
 pub mod mac;
+pub mod metrics;
 pub mod netlink;
 pub mod paths;
 pub mod plumb;

@@ -96,6 +96,11 @@ pub struct LabOptions {
     /// Serve the Docker plugin (`[docker] enabled`), its socket in `<node dir>/plugins`
     /// (see [`Lab::plugin_dir`]).
     pub docker: bool,
+    /// `[metrics] listen` of every agent (each in its own namespace, so one address
+    /// serves them all), e.g. `127.0.0.1:9464`.
+    pub metrics_listen: Option<String>,
+    /// Extra lines for every `[[network]]` section.
+    pub network_extra: String,
 }
 
 impl Default for LabOptions {
@@ -107,6 +112,8 @@ impl Default for LabOptions {
             start_timeout: Duration::from_secs(20),
             parent_dir: None,
             docker: false,
+            metrics_listen: None,
+            network_extra: String::new(),
         }
     }
 }
@@ -227,6 +234,7 @@ impl Lab {
             if let Some(len) = n.l3 {
                 text += &format!("mode = \"l3\"\nnode_prefix_len = {len}\n");
             }
+            text += &self.options.network_extra;
             text += "\n";
         }
         let ttl = self.options.lease_ttl_s;
@@ -249,6 +257,9 @@ impl Lab {
             }
         }
         text += &format!("[datapath]\nmode = \"{mode}\"\n{}\n", self.options.datapath_extra);
+        if let Some(listen) = &self.options.metrics_listen {
+            text += &format!("[metrics]\nlisten = \"{listen}\"\n");
+        }
         if self.options.docker {
             text += &format!("[docker]\nenabled = true\nplugin_dir = \"{}\"\n", node_dir.join("plugins").display());
         }

@@ -49,6 +49,9 @@ const APT_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     // `nft`: the agent's own nftables table (kernel-mode L3 networks' isolation).
     "nftables",
+    // `promtool`, which checks the agent's /metrics output in a test (the Prometheus
+    // server it comes with is not started: service starts are off while installing).
+    "prometheus",
 ];
 
 /// Debian's Rust toolchain, which builds the eBPF crate.

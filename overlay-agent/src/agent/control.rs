@@ -117,6 +117,7 @@ impl Agent {
         match self.try_register().await {
             Ok(()) => self.register_error = None,
             Err(e) => {
+                self.metrics.store_error("register");
                 let text = e.to_string();
                 if self.register_error.as_deref() != Some(text.as_str()) {
                     match &e {
@@ -214,8 +215,9 @@ impl Agent {
     }
 
     /// Applies a batch of store events to [`Desired`] and the datapath. A full list
-    /// (the first, or after a relist) is compared with the datapath as a whole.
-    pub(super) async fn apply_store_events(&mut self, batch: Vec<WatchEvent>) {
+    /// (the first, or after a relist) is compared with the datapath as a whole. Returns
+    /// whether the datapath took every change (failures are logged here).
+    pub(super) async fn apply_store_events(&mut self, batch: Vec<WatchEvent>) -> bool {
         let mut full = false;
         let started = std::time::Instant::now();
         let mut decoded = std::time::Duration::ZERO;
@@ -264,13 +266,18 @@ impl Agent {
                         self.registered = false;
                     }
                 }
-                Err(e) => error!(error = %e, "applying the store's state to the datapath"),
+                Err(e) => {
+                    error!(error = %e, "applying the store's state to the datapath");
+                    return false;
+                }
             }
-            return;
+            return true;
         }
         if let Err(e) = self.flush().await {
             error!(error = %e, events, "applying store changes to the datapath");
+            return false;
         }
+        true
     }
 }
 

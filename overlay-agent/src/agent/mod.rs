@@ -98,6 +98,8 @@ pub enum AgentError {
     NoNodeSubnet { network: String },
     #[error(transparent)]
     Firewall(crate::firewall::FirewallError),
+    #[error(transparent)]
+    Metrics(crate::metrics::MetricsError),
 }
 
 /// A container this agent plugged in.
@@ -149,6 +151,7 @@ pub struct Agent {
     /// datapath held all of it.
     watch_started: Instant,
     initial_sync: Option<Duration>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// How the main loop ended.
@@ -205,6 +208,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         None => None,
     };
     let server = tokio::spawn(server::serve(listeners.control, api_tx, server_stopped));
+    let metrics_server = listeners.metrics.map(|listener| {
+        let (stop, stopped) = oneshot::channel();
+        (tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone(), stopped)), stop)
+    });
     let (start, end) = agent.keys.watch_range();
     agent.watch_started = Instant::now();
     let mut store_rx = agent.kv.watch(start, end);
@@ -254,6 +261,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             Some(SessionEvent::Expired(lease)) = session_rx.recv() => agent.on_lease_expired(lease).await,
             Ok(()) = conn.changed() => {
                 let now = *conn.borrow_and_update();
+                agent.metrics.set_store_connected(now == Connection::Connected);
                 if now == Connection::Connected {
                     agent.register().await;
                 }
@@ -272,6 +280,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     };
     keeper.abort();
+    if let Some((task, stop)) = metrics_server {
+        stop_server(task, stop, "the metrics server").await;
+    }
     // Requests the loop will not take any more are answered with an error at once.
     drop(api_rx);
     if let Some((task, stop)) = docker {
@@ -375,6 +386,14 @@ impl Agent {
 
     /// Hands store events to [`control`].
     async fn on_store(&mut self, batch: Vec<WatchEvent>) {
-        self.apply_store_events(batch).await;
+        let (started, events) = (Instant::now(), batch.len());
+        let ok = self.apply_store_events(batch).await;
+        self.metrics.store_applied(events, ok, started.elapsed());
+        self.update_table_metrics();
+    }
+
+    /// The tables' fill levels and the local endpoint count, for the metrics.
+    fn update_table_metrics(&self) {
+        self.metrics.set_tables(&self.datapath.usage(), self.local.len());
     }
 }

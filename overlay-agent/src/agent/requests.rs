@@ -143,9 +143,20 @@ where
 impl Agent {
     pub(super) async fn handle(&mut self, req: Request, reply: oneshot::Sender<Response>) {
         let err = |e: RequestError| Response::Error { message: e.to_string(), kind: e.kind() };
+        let started = std::time::Instant::now();
         let response = match req {
-            Request::EndpointAdd(spec) => self.add_endpoint(spec).await.map_or_else(err, Response::Endpoint),
-            Request::EndpointDel { network, ip } => self.del_endpoint(&network, ip).await.map_or_else(err, Response::Deleted),
+            Request::EndpointAdd(spec) => {
+                let r = self.add_endpoint(spec).await;
+                self.metrics.endpoint_op("add", r.is_ok(), started.elapsed());
+                self.update_table_metrics();
+                r.map_or_else(err, Response::Endpoint)
+            }
+            Request::EndpointDel { network, ip } => {
+                let r = self.del_endpoint(&network, ip).await;
+                self.metrics.endpoint_op("del", r.is_ok(), started.elapsed());
+                self.update_table_metrics();
+                r.map_or_else(err, Response::Deleted)
+            }
             Request::EndpointList => Response::Endpoints { endpoints: self.list() },
             Request::RemoteAdd(spec) => self.add_static(spec).await.map_or_else(err, Response::Endpoint),
             Request::AddressReserve { network, ip } => self.reserve(&network, ip).await.map_or_else(err, Response::Address),
@@ -191,6 +202,7 @@ impl Agent {
                     Connection::Disconnected { since } => since,
                     _ => std::time::SystemTime::now(),
                 };
+                self.metrics.store_error("write");
                 warn!(error = %e, "the store stayed unreachable; refusing the change");
                 Err(RequestError::StoreDown { store: self.kv.describe(), since: rfc3339(since) })
             }

@@ -143,6 +143,8 @@ pub(super) struct Listeners {
     pub control: UnixListener,
     /// The Docker plugin's (`[docker] enabled`), and the driver's saved state.
     pub docker: Option<(UnixListener, DockerState)>,
+    /// Prometheus metrics (`[metrics] listen`).
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 /// Everything up to the main loop: the agent, and the sockets it serves.
@@ -159,6 +161,10 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
             Some((server::bind(&config.docker.socket_path()).await?, state))
         }
         false => None,
+    };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await.map_err(AgentError::Metrics)?),
+        None => None,
     };
     let kv = AnyKv::open(&config.store).await.map_err(AgentError::Store)?;
     let keys = Keys::new(&config.store.prefix);
@@ -241,6 +247,11 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
     pending.extend(gone);
     let (lease_tx, _) = watch::channel(lease);
     let conn = kv.connection();
+    let ebpf = matches!(datapath, crate::datapath::AnyDatapath::Ebpf(_));
+    let metrics = crate::metrics::Metrics::new(ebpf.then(|| crate::datapath::ebpf::maps_dir(&config.bpffs_dir)))
+        .map_err(AgentError::Metrics)?;
+    metrics.set_datapath(datapath.mode(), &config.node_name);
+    metrics.set_store_connected(*conn.borrow() == crate::store::kv::Connection::Connected);
     let mut agent = Agent {
         keys: keys.clone(),
         clsact_added: settings.clsact_added,
@@ -263,6 +274,7 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
         started: Instant::now(),
         watch_started: Instant::now(),
         initial_sync: None,
+        metrics,
     };
     // Local entries only: nothing learnt from the store is removed before its first
     // full list has been applied.
@@ -271,5 +283,6 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
     agent.sync_firewall().map_err(AgentError::Firewall)?;
     agent.save_state();
     info!(adopted = agent.local.len(), mode = agent.datapath.mode(), "datapath and local endpoints in place");
-    Ok((agent, Listeners { control: listener, docker }))
+    agent.update_table_metrics();
+    Ok((agent, Listeners { control: listener, docker, metrics: metrics_listener }))
 }

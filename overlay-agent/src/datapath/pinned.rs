@@ -202,6 +202,50 @@ pub fn flag_names(flags: u64) -> String {
     names.join("|")
 }
 
+/// One (direction, reason) counter, per CPU.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    pub direction: Direction,
+    pub reason: Reason,
+    pub per_cpu: Vec<StatsValue>,
+}
+
+impl Counter {
+    pub fn packets(&self) -> u64 {
+        self.per_cpu.iter().map(|v| v.packets).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.per_cpu.iter().map(|v| v.bytes).sum()
+    }
+}
+
+/// "forwarded", "passed" or "dropped".
+pub fn verdict(reason: Reason) -> &'static str {
+    match reason.kind() {
+        ReasonKind::Forwarded => "forwarded",
+        ReasonKind::Passed => "passed",
+        ReasonKind::Dropped => "dropped",
+    }
+}
+
+/// Every counter of the pinned stats map under `maps_dir` (zeros included), without
+/// reading the other maps.
+pub fn read_stats(maps_dir: &Path) -> Result<Vec<Counter>, PinnedError> {
+    if !maps_dir.join(maps::STATS).exists() {
+        return Err(PinnedError::NotPinned { dir: maps_dir.to_owned() });
+    }
+    let stats_map: PerCpuArray<MapData, StatsValue> = typed(maps_dir, maps::STATS)?;
+    let mut out = Vec::new();
+    for direction in Direction::ALL {
+        for reason in Reason::ALL {
+            let per_cpu = stats_map.get(&stats_index(direction, reason), 0).map_err(read_err(maps::STATS))?;
+            out.push(Counter { direction, reason, per_cpu: per_cpu.iter().copied().collect() });
+        }
+    }
+    Ok(out)
+}
+
 /// Reads every pinned map under `maps_dir`.
 pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
     if !maps_dir.join(maps::CONFIG).exists() {
@@ -320,28 +364,17 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
     }
     vteps.sort_by_key(|v| (v.vni, v.vtep));
 
-    let stats_map: PerCpuArray<MapData, StatsValue> = typed(maps_dir, maps::STATS)?;
-    let mut stats = Vec::new();
-    for dir in Direction::ALL {
-        for reason in Reason::ALL {
-            let per_cpu = stats_map.get(&stats_index(dir, reason), 0).map_err(read_err(maps::STATS))?;
-            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
-            if packets > 0 {
-                stats.push(StatsRow {
-                    direction: dir.name().into(),
-                    reason: reason.name().into(),
-                    kind: match reason.kind() {
-                        ReasonKind::Forwarded => "forwarded",
-                        ReasonKind::Passed => "passed",
-                        ReasonKind::Dropped => "dropped",
-                    }
-                    .into(),
-                    packets,
-                    bytes,
-                });
-            }
-        }
-    }
+    let stats = read_stats(maps_dir)?
+        .into_iter()
+        .filter(|c| c.packets() > 0)
+        .map(|c| StatsRow {
+            direction: c.direction.name().into(),
+            reason: c.reason.name().into(),
+            kind: verdict(c.reason).into(),
+            packets: c.packets(),
+            bytes: c.bytes(),
+        })
+        .collect();
 
     Ok(MapDump {
         datapath: "ebpf".into(),
