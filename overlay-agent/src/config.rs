@@ -24,13 +24,13 @@ use overlay_common::{limits, vxlan};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (pass --config FILE or set {env})", env = paths::CONFIG_ENV)]
+    #[error("cannot read config file {path} (pass --config FILE or set {env})", env = paths::CONFIG_ENV)]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}")]
     Parse {
         path: PathBuf,
         #[source]
@@ -610,8 +610,16 @@ path = "/tmp/store"
         assert!(err_of(&format!("{GOOD}\n[datapath]\nmode = \"xdp\"\n")).contains("unknown variant `xdp`"));
     }
 
+    /// The error with its causes, as the CLI prints it.
     fn err_of(text: &str) -> String {
-        Config::parse(text).unwrap_err().to_string()
+        let e = Config::parse(text).unwrap_err();
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            out += &format!(": {s}");
+            source = s.source();
+        }
+        out
     }
 
     #[test]

@@ -12,8 +12,27 @@ pub struct Cli {
     /// Agent configuration file (TOML); every subcommand finds the agent's socket and pins from it.
     #[arg(long, global = true, env = paths::CONFIG_ENV, default_value = paths::DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a `RUST_LOG`
+    /// style filter such as `info,overlay_agent::store=debug`); default: `RUST_LOG`, else
+    /// `info` for `run` and `warn` for the other commands.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, env = "OVERLAY_AGENT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message, fields), for log
+    /// collectors.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,7 +154,39 @@ pub struct RemoteAddArgs {
 #[derive(Debug, Subcommand)]
 pub enum MapCommand {
     /// Print the pinned maps (neighbours, FDB, endpoints, networks, stats); works with the daemon down.
-    Dump(OutputArgs),
+    Dump(MapDumpArgs),
+}
+
+/// Which table `map dump` prints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MapTable {
+    #[default]
+    All,
+    Config,
+    Networks,
+    Endpoints,
+    Neigh,
+    Fdb,
+    Flood,
+    Routes,
+    Vteps,
+    Stats,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MapDumpArgs {
+    /// One table only (default: all).
+    #[arg(value_enum, default_value_t = MapTable::All)]
+    pub table: MapTable,
+    /// Only the entries of this network (a name from the config).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Stats: packets per CPU too.
+    #[arg(long)]
+    pub per_cpu: bool,
+    /// Machine-readable JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args, Clone, Copy)]

@@ -31,7 +31,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Endpoint(EndpointCommand::List(o)) => endpoint::list(&load()?, o),
         Command::Remote(RemoteCommand::Add(a)) => endpoint::remote_add(&load()?, a),
         Command::Remote(RemoteCommand::Del(a)) => endpoint::remote_del(&load()?, a),
-        Command::Map(MapCommand::Dump(o)) => map::dump(&load()?, o),
+        Command::Map(MapCommand::Dump(args)) => map::dump(&load()?, args),
         Command::Status(o) => status::execute(&load()?, o),
         Command::Down(o) => down::execute(&load()?, o),
     }

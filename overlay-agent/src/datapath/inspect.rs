@@ -87,6 +87,7 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
                 ifindex: Some(ifindex),
                 vtep: None,
                 udp_port: None,
+                node: None,
             });
         }
         if net.mode == crate::config::NetworkMode::L3 {
@@ -113,6 +114,7 @@ async fn kernel_dump(config: &Config, nl: &Netlink) -> Result<MapDump, InspectEr
                     ifindex: None,
                     vtep: Some(dst),
                     udp_port: Some(f.port.unwrap_or(net.udp_port)),
+                    node: None,
                 });
             }
         }

@@ -64,6 +64,9 @@ pub struct NetworkRow {
 pub struct VtepRow {
     pub vni: u32,
     pub vtep: Ipv4Addr,
+    /// The node behind the VTEP, when the running agent knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,6 +95,9 @@ pub struct FdbRow {
     /// Remote: the VTEP and its UDP port.
     pub vtep: Option<Ipv4Addr>,
     pub udp_port: Option<u16>,
+    /// Remote: the node behind the VTEP, when the running agent knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,6 +108,9 @@ pub struct StatsRow {
     pub kind: String,
     pub packets: u64,
     pub bytes: u64,
+    /// Packets per CPU (`map dump --per-cpu`), in CPU order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_cpu_packets: Vec<u64>,
 }
 
 /// Where broadcast/multicast copies of one network go.
@@ -157,6 +166,28 @@ pub struct MapDump {
 }
 
 impl MapDump {
+    /// Keeps only the entries of network `vni` (the endpoints, neighbours, FDB, flood,
+    /// routes, VTEPs and network rows; the host-wide config and stats stay).
+    pub fn only_network(&mut self, vni: u32) {
+        self.networks.retain(|n| n.vni == vni);
+        self.endpoints.retain(|e| e.vni == vni);
+        self.neighbours.retain(|n| n.vni == vni);
+        self.fdb.retain(|f| f.vni == vni);
+        self.flood.retain(|f| f.vni == vni);
+        self.routes.retain(|r| r.vni == vni);
+        self.vteps.retain(|v| v.vni == vni);
+    }
+
+    /// Names the node behind each remote VTEP that `nodes` (VTEP → node) knows.
+    pub fn name_nodes(&mut self, nodes: &std::collections::HashMap<Ipv4Addr, String>) {
+        for f in &mut self.fdb {
+            f.node = f.vtep.and_then(|v| nodes.get(&v).cloned());
+        }
+        for v in &mut self.vteps {
+            v.node = nodes.get(&v.vtep).cloned();
+        }
+    }
+
     /// Packets counted under (direction, reason); 0 if never seen.
     pub fn packets(&self, dir: Direction, reason: Reason) -> u64 {
         self.stats
@@ -310,6 +341,7 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
             ifindex: local.then_some(v.ifindex),
             vtep: (v.kind == FDB_REMOTE).then(|| v.vtep.into()),
             udp_port: (v.kind == FDB_REMOTE).then(|| u16::from_be(v.udp_port_be)),
+            node: None,
         });
     }
     fdb.sort_by_key(|f| (f.vni, f.mac));
@@ -360,7 +392,7 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
     let mut vteps = Vec::new();
     for item in vteps_map.iter() {
         let (k, _) = item.map_err(read_err(maps::VTEPS))?;
-        vteps.push(VtepRow { vni: k.vni, vtep: k.ip.into() });
+        vteps.push(VtepRow { vni: k.vni, vtep: k.ip.into(), node: None });
     }
     vteps.sort_by_key(|v| (v.vni, v.vtep));
 
@@ -373,6 +405,7 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
             kind: verdict(c.reason).into(),
             packets: c.packets(),
             bytes: c.bytes(),
+            per_cpu_packets: c.per_cpu.iter().map(|v| v.packets).collect(),
         })
         .collect();
 

@@ -1,6 +1,8 @@
-//! Prometheus metrics (`[metrics] listen`): the exposition passes Debian's `promtool
-//! check metrics`, and the values follow what happens: datapath counters with traffic
-//! (eBPF), endpoint operations, table fill levels, the store connection, the mode.
+//! What operators look at. Prometheus metrics (`[metrics] listen`): the exposition
+//! passes Debian's `promtool check metrics`, and the values follow what happens
+//! (datapath counters with traffic in eBPF mode, endpoint operations, table fill levels,
+//! the store connection, the mode). `map dump`: one table, one network, node names,
+//! per-CPU stats.
 
 use std::{
     io::{Read as _, Write as _},
@@ -11,7 +13,7 @@ use std::{
 
 use integration_tests::{
     NetNs,
-    lab::{BLUE, Lab, LabOptions},
+    lab::{BLUE, Lab, LabOptions, RED},
     ping, require_root,
     topo::Underlay,
 };
@@ -157,4 +159,81 @@ fn a_taken_metrics_address_stops_the_start_with_the_reason() {
     assert_eq!(links.iter().filter(|l| l.name.starts_with("ov")).count(), 0, "{links:?}");
     assert!(out.stderr.contains("cannot serve metrics on 127.0.0.1:9464"), "{}", out.stderr);
     assert!(out.stderr.contains("[metrics] listen"), "{}", out.stderr);
+}
+
+#[test]
+fn map_dump_shows_one_table_of_one_network_with_node_names() {
+    require_root();
+    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE, RED]);
+    for i in 0..2 {
+        lab.set_mode(i, DatapathMode::Ebpf);
+    }
+    lab.start_all();
+    lab.add_container(0, "a", BLUE, ip("10.0.10.11"));
+    lab.add_container(1, "b", BLUE, ip("10.0.10.12"));
+    lab.add_container(1, "r", RED, ip("10.0.20.12"));
+    lab.add_container(0, "s", RED, ip("10.0.20.11"));
+    lab.wait_converged(CONVERGE);
+    let b_mac = lab.container("b").mac.to_string();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = lab.cli(0, args);
+        out.assert_success();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    };
+
+    let fdb = json(&["map", "dump", "fdb", "--network", "blue", "--json"]);
+    let rows = fdb.as_array().expect("one table: an array of rows");
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|r| r["vni"] == BLUE.vni), "only blue's entries: {fdb:#}");
+    let b = rows.iter().find(|r| r["mac"] == b_mac.as_str()).unwrap_or_else(|| panic!("no entry for b: {fdb:#}"));
+    assert_eq!(b["kind"], "remote");
+    assert_eq!(b["node"], "h2", "the node behind the VTEP, named: {b:#}");
+
+    let vteps = json(&["map", "dump", "vteps", "--json"]);
+    let vteps = vteps.as_array().unwrap();
+    assert_eq!(vteps.len(), 2, "h2's VTEP for both networks: {vteps:?}");
+    assert!(vteps.iter().all(|v| v["node"] == "h2" && v["vtep"] == lab.host(1).ip.to_string()), "{vteps:?}");
+
+    assert_eq!(ping(&lab.container("a").ns, lab.container("b").ip, 3, Duration::from_secs(2)).received, 3);
+    let stats = json(&["map", "dump", "stats", "--per-cpu", "--json"]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for row in stats.as_array().unwrap() {
+        let per_cpu: Vec<u64> = row["per_cpu_packets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(per_cpu.len(), cpus, "{row}");
+        assert_eq!(per_cpu.iter().sum::<u64>(), row["packets"].as_u64().unwrap(), "{row}");
+    }
+    let plain = json(&["map", "dump", "stats", "--json"]);
+    assert!(plain.as_array().unwrap().iter().all(|r| r.get("per_cpu_packets").is_none()), "per CPU only when asked");
+
+    // The text form: the table asked for, with the node column.
+    let text = lab.cli(0, &["map", "dump", "fdb", "--network", "red"]);
+    text.assert_success();
+    assert!(text.stdout.contains("NODE") && text.stdout.contains("h2"), "{}", text.stdout);
+    assert!(!text.stdout.contains("neighbours"), "only the FDB: {}", text.stdout);
+    assert!(!text.stdout.contains(&b_mac), "blue's entries filtered out: {}", text.stdout);
+    let bad = lab.cli(0, &["map", "dump", "neigh", "--network", "green"]);
+    assert!(!bad.success() && bad.stderr.contains("no network \"green\"") && bad.stderr.contains("blue, red"), "{bad:?}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    require_root();
+    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+    lab.nodes[0].env.push(("OVERLAY_AGENT_LOG_FORMAT".into(), "json".into()));
+    lab.start_agent(0);
+    lab.add_container(0, "a", BLUE, ip("10.0.10.11"));
+    lab.stop_agent(0);
+    let log = std::fs::read_to_string(lab.nodes[0].config.with_extension("log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(l.get(field).is_some(), "no {field} in {l}");
+        }
+    }
+    let running = lines.iter().find(|l| l["message"] == "overlay agent running").expect("the start line");
+    assert_eq!(running["node"], "h1", "fields are keys of the object: {running}");
+    assert!(lines.iter().any(|l| l["message"] == "endpoint added" && l["ip"] == "10.0.10.11"), "{log}");
 }
