@@ -68,6 +68,10 @@ pub struct RawConfig {
     pub docker: DockerConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The control socket is root's only (mode 0600); with a group, that group may use
+    /// it too (0660, owned by root and the group).
+    #[serde(default)]
+    pub socket_group: Option<String>,
 }
 
 /// `[metrics]`: Prometheus metrics over HTTP (`GET /metrics`, text exposition format).
@@ -268,6 +272,8 @@ pub struct Config {
     pub datapath: DatapathConfig,
     pub docker: DockerConfig,
     pub metrics: MetricsConfig,
+    /// A group that may use the control socket besides root.
+    pub socket_group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -571,6 +577,7 @@ impl RawConfig {
             datapath: self.datapath,
             docker: self.docker,
             metrics: self.metrics,
+            socket_group: self.socket_group,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! passes Debian's `promtool check metrics`, and the values follow what happens
 //! (datapath counters with traffic in eBPF mode, endpoint operations, table fill levels,
 //! the store connection, the mode). `map dump`: one table, one network, node names,
-//! per-CPU stats.
+//! per-CPU stats. JSON logs. The control socket: root's only, and malformed, oversized
+//! and stalled requests answered or cut off without blocking anyone else.
 
 use std::{
     io::{Read as _, Write as _},
@@ -236,4 +237,73 @@ fn json_logs_are_one_object_per_line() {
     let running = lines.iter().find(|l| l["message"] == "overlay agent running").expect("the start line");
     assert_eq!(running["node"], "h1", "fields are keys of the object: {running}");
     assert!(lines.iter().any(|l| l["message"] == "endpoint added" && l["ip"] == "10.0.10.11"), "{log}");
+}
+
+/// One request line on an open control connection, and the reply line.
+fn exchange(stream: &mut std::os::unix::net::UnixStream, line: &[u8]) -> String {
+    use std::io::BufRead as _;
+    stream.write_all(line).unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(stream.try_clone().unwrap()).read_line(&mut reply).unwrap();
+    reply
+}
+
+#[test]
+fn the_control_socket_is_roots_and_survives_bad_clients() {
+    use std::os::unix::{fs::PermissionsExt as _, net::UnixStream};
+    require_root();
+    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+    lab.start_agent(0);
+    let socket = lab.nodes[0].state_dir.join("agent.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+
+    // Another user cannot use it, and is told why.
+    let config = lab.nodes[0].config.clone();
+    let binary = lab.binary.clone();
+    let out = integration_tests::agent::run_cli_with_env(
+        Some(&lab.host(0).ns),
+        std::path::Path::new("setpriv"),
+        [
+            "--reuid=65534".as_ref(),
+            "--regid=65534".as_ref(),
+            "--clear-groups".as_ref(),
+            binary.as_os_str(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            "status".as_ref(),
+        ],
+        &[],
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(out.stderr.contains("permission denied on the agent's control socket"), "{}", out.stderr);
+
+    // Malformed: an error, and the connection still serves the next request.
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    let reply = exchange(&mut conn, b"{\"no such request\": 1}\n");
+    assert!(reply.contains("malformed request"), "{reply}");
+    let mut status = serde_json::to_vec(&overlay_agent::api::Request::Status).unwrap();
+    status.push(b'\n');
+    let reply = exchange(&mut conn, &status);
+    assert!(reply.contains("\"node\":\"h1\""), "{reply}");
+
+    // Oversized: an error, then the connection is closed.
+    let mut big = UnixStream::connect(&socket).unwrap();
+    let reply = exchange(&mut big, &vec![b'x'; 200 * 1024]);
+    assert!(reply.contains("request larger than 64 KiB"), "{reply}");
+    let mut rest = String::new();
+    assert_eq!(big.read_to_string(&mut rest).unwrap_or(0), 0, "closed after the error: {rest}");
+
+    // Stalled: half a request holds nobody up, and is cut off.
+    let mut slow = UnixStream::connect(&socket).unwrap();
+    slow.write_all(b"{\"Sta").unwrap();
+    let started = std::time::Instant::now();
+    lab.cli(0, &["status"]).assert_success();
+    assert!(started.elapsed() < Duration::from_secs(5), "status waited for the stalled client");
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut reply = String::new();
+    slow.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains("request incomplete after 10 s"), "{reply}");
+    // The agent is still fine.
+    lab.cli(0, &["status"]).assert_success();
 }

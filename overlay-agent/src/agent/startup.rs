@@ -154,11 +154,11 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
     let saved = state::load(&config.state_dir, &config.node_name)?;
 
     // Nothing has changed on the host up to here.
-    let listener = server::bind(&config.socket_path()).await?;
+    let listener = server::bind(&config.socket_path(), config.socket_group.as_deref()).await?;
     let docker = match config.docker.enabled {
         true => {
             let state = DockerState::load(&config.state_dir).map_err(AgentError::Docker)?;
-            Some((server::bind(&config.docker.socket_path()).await?, state))
+            Some((server::bind(&config.docker.socket_path(), None).await?, state))
         }
         false => None,
     };

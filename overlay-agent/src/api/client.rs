@@ -22,6 +22,11 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "permission denied on the agent's control socket {path}: it is root's (or the config's socket_group's); \
+         run this as root or as a member of that group"
+    )]
+    Denied { path: PathBuf },
     #[error("talking to the agent at {path}: {source}")]
     Io {
         path: PathBuf,
@@ -40,7 +45,10 @@ pub enum ClientError {
 
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_owned(), source };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: socket.to_owned(), source })?;
+    let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
+        std::io::ErrorKind::PermissionDenied => ClientError::Denied { path: socket.to_owned() },
+        _ => ClientError::Connect { path: socket.to_owned(), source },
+    })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_vec(request).map_err(|source| ClientError::Decode { path: socket.to_owned(), source })?;
     line.push(b'\n');
