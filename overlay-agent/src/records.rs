@@ -85,6 +85,8 @@ pub enum RecordError {
     ZeroPort,
     #[error("node name {0:?} in the record does not match its key")]
     NodeMismatch(String),
+    #[error("{what} {value} is outside network {vni}'s subnet {subnet}")]
+    OutsideNetwork { what: &'static str, value: String, vni: u32, subnet: ipnet::Ipv4Net },
 }
 
 /// A VTEP or endpoint address a datapath can use: not 0.0.0.0, multicast, broadcast or

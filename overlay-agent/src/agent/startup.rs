@@ -247,6 +247,7 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
     pending.extend(gone);
     let (lease_tx, _) = watch::channel(lease);
     let conn = kv.connection();
+    let subnets = config.networks.iter().map(|n| (n.vni, n.subnet)).collect();
     let ebpf = matches!(datapath, crate::datapath::AnyDatapath::Ebpf(_));
     let metrics = crate::metrics::Metrics::new(ebpf.then(|| crate::datapath::ebpf::maps_dir(&config.bpffs_dir)))
         .map_err(AgentError::Metrics)?;
@@ -270,7 +271,7 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
         pending_withdrawals: pending,
         conn,
         register_error: None,
-        decoder: crate::store::sync::Decoder::new(keys.clone()),
+        decoder: crate::store::sync::Decoder::new(keys.clone(), subnets),
         started: Instant::now(),
         watch_started: Instant::now(),
         initial_sync: None,
