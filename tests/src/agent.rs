@@ -188,6 +188,27 @@ impl AgentProcess {
         AgentProcess { child: Some(child), status: None, log_path, ns_name: ns.name().to_owned() }
     }
 
+    /// [`AgentProcess::spawn`] under `wrapper` (a command that runs the rest of its
+    /// arguments, e.g. `setpriv --bounding-set -bpf ...` to take capabilities away).
+    pub fn spawn_wrapped(ns: &NetNs, wrapper: &[&str], binary: &Path, config: &Path) -> AgentProcess {
+        let (log_path, log, log_err) = log_files(config);
+        let mut command = Command::new(wrapper[0]);
+        command
+            .args(&wrapper[1..])
+            .arg(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let _ns_file = enter_netns(&mut command, ns);
+        die_with_parent(&mut command);
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {wrapper:?} {} in {}: {e}", binary.display(), ns.name()));
+        info!(pid = child.id(), ns = ns.name(), ?wrapper, "agent started under a wrapper");
+        AgentProcess { child: Some(child), status: None, log_path, ns_name: ns.name().to_owned() }
+    }
+
     /// [`AgentProcess::spawn`] with extra environment variables.
     pub fn spawn_with_env(ns: &NetNs, binary: &Path, config: &Path, env: &[(String, String)]) -> AgentProcess {
         let (log_path, log, log_err) = log_files(config);

@@ -147,6 +147,47 @@ fn auto_picks_ebpf_here_and_falls_back_with_the_reason() {
 }
 
 #[test]
+fn auto_falls_back_on_a_real_load_failure_and_leaves_no_ebpf_residue() {
+    require_root();
+    let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
+    lab.set_mode(0, DatapathMode::Auto);
+    lab.set_mode(1, DatapathMode::Auto);
+    lab.start_agent(1);
+    // Root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (dropped from the bounding
+    // set, so the exec'd agent never has them): the kernel refuses every bpf() call
+    // that creates maps or loads programs. No hook: a real failure.
+    let (binary, config) = (lab.nodes[0].binary.clone(), lab.nodes[0].config.clone());
+    let mut agent = integration_tests::AgentProcess::spawn_wrapped(
+        &lab.host(0).ns,
+        &["setpriv", "--bounding-set", "-bpf,-perfmon,-sys_admin", "--inh-caps", "-all"],
+        &binary,
+        &config,
+    );
+    agent.wait_until("the agent answers `status`", integration_tests::hang_guard(Duration::from_secs(20)), || {
+        integration_tests::run_cli(None, &binary, ["--config".as_ref(), config.as_os_str(), "status".as_ref()]).success()
+    });
+    let s = status_json(&lab, 0);
+    assert_eq!(s["datapath"]["mode"], "kernel", "{s}");
+    let reason = s["datapath"]["detail"].as_str().unwrap();
+    assert!(
+        reason.contains("the kernel refused") && reason.contains("Operation not permitted") && reason.contains("needs CAP_BPF"),
+        "the kernel's refusal and what to do about it: {reason}"
+    );
+    let log = agent.log();
+    assert!(log.contains("using kernel VXLAN fallback (datapath.mode=kernel to silence)"), "{log}");
+    // Nothing of the failed eBPF start is left: no pins, no program on the underlay.
+    assert!(!lab.nodes[0].bpffs_dir.exists(), "pins left at {}", lab.nodes[0].bpffs_dir.display());
+    let d = lab.dump(0);
+    assert_eq!(d.datapath, "kernel");
+    // The kernel datapath stands in its place: the network's bridge and VXLAN device.
+    let links = lab.host(0).ns.netlink(|nl| async move { nl.links().await.unwrap() });
+    for dev in ["ovbr42", "ovvx42"] {
+        assert!(links.iter().any(|l| l.name == dev), "no {dev}: {links:?}");
+    }
+    lab.nodes[0].agent = Some(agent);
+}
+
+#[test]
 fn forced_ebpf_that_cannot_run_is_a_clear_error_and_leaves_nothing() {
     require_root();
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);

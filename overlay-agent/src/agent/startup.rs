@@ -98,6 +98,7 @@ async fn select_datapath(
         DatapathMode::Auto => match EbpfDatapath::start(s, host.clone()).await {
             Ok(d) => Ok(AnyDatapath::Ebpf(Box::new(d))),
             Err(e) => {
+                let e = crate::with_causes(&e);
                 let reason = format!("auto: {e}");
                 warn!("{e}; using kernel VXLAN fallback (datapath.mode=kernel to silence)");
                 clean_ebpf_residue(s);

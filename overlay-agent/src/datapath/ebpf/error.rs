@@ -113,11 +113,33 @@ pub enum EbpfError {
         #[source]
         source: crate::netlink::NetlinkError,
     },
+    #[error(
+        "the kernel refused: {detail}; the eBPF datapath needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+         (or CAP_SYS_ADMIN), which root has unless the service or container takes them away \
+         (or a security module such as SELinux or lockdown refuses bpf())"
+    )]
+    NotPermitted { detail: String },
+}
+
+/// Whether `e` or one of its causes is the kernel's EPERM.
+fn is_eperm(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl EbpfError {
-    /// Refines a verifier rejection into the helper the kernel lacks, when that is why.
+    /// Refines a verifier rejection into the helper the kernel lacks, and a refusal
+    /// (EPERM) into what the agent lacks, when that is why.
     pub(super) fn refine(self, kernel: &str) -> EbpfError {
+        if is_eperm(&self) {
+            return EbpfError::NotPermitted { detail: crate::with_causes(&self) };
+        }
         if let EbpfError::Program { source: aya::programs::ProgramError::LoadError { verifier_log, .. }, .. } = &self {
             let log = verifier_log.to_string();
             if let Some(rest) = log.split("unknown func ").nth(1) {
