@@ -124,6 +124,10 @@ pub enum Reason {
     /// A decapsulated frame longer than the network's MTU allows (the container's
     /// interface would drop it anyway, uncounted).
     Oversized = 54,
+    /// Not a verdict: one copy of a flooded frame that `bpf_clone_redirect` could not
+    /// send (its veth went away between the agent's update and the packet). Counted per
+    /// lost copy, besides the frame's own `flooded`.
+    FloodCopyFailed = 55,
 }
 
 /// How a reason ended for the packet.
@@ -135,7 +139,7 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 35] = [
+    pub const ALL: [Reason; 36] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
@@ -171,7 +175,14 @@ impl Reason {
         Reason::OuterBadLength,
         Reason::UnknownVtep,
         Reason::Oversized,
+        Reason::FloodCopyFailed,
     ];
+
+    /// Whether a packet's one count can be under this reason (every reason but the
+    /// upgrade-test marker and the per-copy `flood-copy-failed`).
+    pub const fn is_verdict(self) -> bool {
+        !matches!(self, Reason::UpgradeTestMarker | Reason::FloodCopyFailed)
+    }
 
     pub const fn kind(self) -> ReasonKind {
         match self as u32 {
@@ -218,6 +229,7 @@ impl Reason {
             52 => Reason::OuterBadLength,
             53 => Reason::UnknownVtep,
             54 => Reason::Oversized,
+            55 => Reason::FloodCopyFailed,
             _ => return None,
         })
     }
@@ -260,6 +272,7 @@ impl Reason {
             Reason::OuterBadLength => "outer-bad-length",
             Reason::UnknownVtep => "unknown-vtep",
             Reason::Oversized => "oversized",
+            Reason::FloodCopyFailed => "flood-copy-failed",
         }
     }
 }

@@ -7,7 +7,7 @@ use network_types::{
     eth::{EthHdr, EtherType},
     ip::Ipv4Hdr,
 };
-use overlay_common::{FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason};
+use overlay_common::{Direction, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason};
 
 use crate::{
     arp, config, encap, flood,
@@ -57,7 +57,7 @@ pub fn try_from_container(ctx: &TcContext) -> Outcome {
         // Broadcast/multicast that ARP answering did not consume: the network's other
         // local endpoints and, through its VXLAN device, every remote VTEP.
         let targets = flood::targets(endpoint.vni).ok_or(Reason::BroadcastUnsupported)?;
-        flood::flood(ctx, targets, ifindex, true)?;
+        flood::flood(ctx, targets, ifindex, true, Direction::FromContainer)?;
         return Ok(Reason::Flooded);
     }
 

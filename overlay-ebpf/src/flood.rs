@@ -9,9 +9,9 @@
 //! agent) make the kernel send one encapsulated copy to every other host.
 
 use aya_ebpf::{helpers::generated::bpf_clone_redirect, programs::TcContext};
-use overlay_common::{FloodValue, Reason, limits::MAX_FLOOD_PORTS};
+use overlay_common::{Direction, FloodValue, Reason, limits::MAX_FLOOD_PORTS};
 
-use crate::redirect;
+use crate::{redirect, stats};
 
 /// The network's flood list, if this host serves `vni`.
 #[inline(always)]
@@ -25,9 +25,11 @@ pub fn targets(vni: u32) -> Option<&'static FloodValue> {
 /// device. Local copies leave through the egress of each host-side veth, so the veth
 /// runs `eth_type_trans` and the container sees a proper broadcast.
 ///
-/// `Err(BroadcastUnsupported)` when there is nowhere to send it.
+/// `Err(BroadcastUnsupported)` when there is nowhere to send it. A copy that cannot be
+/// sent is counted under `flood-copy-failed` of `dir` (the frame itself is counted
+/// once, by the caller's verdict).
 #[inline(always)]
-pub fn flood(ctx: &TcContext, f: &FloodValue, skip: u32, remote: bool) -> Result<(), Reason> {
+pub fn flood(ctx: &TcContext, f: &FloodValue, skip: u32, remote: bool, dir: Direction) -> Result<(), Reason> {
     let n = f.n_ports as usize;
     // The previous target, sent as a clone once the next one is known.
     let mut pending: u32 = 0;
@@ -41,13 +43,13 @@ pub fn flood(ctx: &TcContext, f: &FloodValue, skip: u32, remote: bool) -> Result
             continue;
         }
         if pending != 0 {
-            clone_to(ctx, pending);
+            clone_to(ctx, pending, dir);
         }
         pending = ifindex;
     }
     let last = if remote && f.vxlan_ifindex != 0 {
         if pending != 0 {
-            clone_to(ctx, pending);
+            clone_to(ctx, pending, dir);
         }
         f.vxlan_ifindex
     } else {
@@ -60,10 +62,13 @@ pub fn flood(ctx: &TcContext, f: &FloodValue, skip: u32, remote: bool) -> Result
 }
 
 /// One copy out of `ifindex`'s egress. A failed copy (the veth vanished between the
-/// agent's update and now) only loses that copy: the others still go out.
+/// agent's update and now) only loses that copy, counted: the others still go out.
 #[inline(always)]
-fn clone_to(ctx: &TcContext, ifindex: u32) {
+fn clone_to(ctx: &TcContext, ifindex: u32, dir: Direction) {
     // SAFETY: a helper call on our own skb; it invalidates packet pointers, and none
     // are held across it.
-    let _copy_lost_if_negative = unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) };
+    let ret = unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) };
+    if ret != 0 {
+        stats::count(dir, Reason::FloodCopyFailed, ctx.len());
+    }
 }

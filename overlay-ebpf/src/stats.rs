@@ -34,9 +34,10 @@ pub fn account(dir: Direction, outcome: Outcome, bytes: u32) -> i32 {
     }
 }
 
-/// Adds one packet of `bytes` bytes to the counter of (`dir`, `reason`).
+/// Adds one packet of `bytes` bytes to the counter of (`dir`, `reason`). Outside
+/// [`account`] only for events that are not a packet's verdict (a lost flood copy).
 #[inline(always)]
-fn count(dir: Direction, reason: Reason, bytes: u32) {
+pub fn count(dir: Direction, reason: Reason, bytes: u32) {
     if let Some(counter) = crate::OVL_STATS.get_ptr_mut(stats_index(dir, reason)) {
         // SAFETY: a per-CPU array slot is only ever touched by this CPU, and TC programs
         // run with preemption (migration) disabled, so the read-modify-write is not torn.

@@ -8,7 +8,7 @@ use network_types::{
     udp::UdpHdr,
     vxlan::VxlanHdr,
 };
-use overlay_common::{DatapathConfig, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason, vxlan};
+use overlay_common::{DatapathConfig, Direction, FDB_LOCAL, FDB_REMOTE, FDB_ROUTER, FdbKey, Reason, vxlan};
 
 use crate::{
     config, decap, flood,
@@ -106,7 +106,7 @@ pub fn try_from_underlay(ctx: &TcContext) -> Outcome {
             return Err(Reason::BroadcastUnsupported);
         }
         decap::decapsulate(ctx, config)?;
-        flood::flood(ctx, targets, 0, false)?;
+        flood::flood(ctx, targets, 0, false, Direction::FromUnderlay)?;
         return Ok(Reason::Flooded);
     }
 

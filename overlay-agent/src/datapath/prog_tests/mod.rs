@@ -3,6 +3,7 @@
 //! with its exact counter. Needs root (CAP_BPF) and the real eBPF object; nothing is
 //! attached anywhere.
 
+mod flood;
 mod hardening;
 mod route;
 
@@ -101,6 +102,17 @@ impl Progs {
         self.config.set(0, c, 0).unwrap();
     }
 
+    /// Replaces the network's flood list.
+    fn flood_set(&mut self, f: FloodValue) {
+        self.flood.insert(VNI, f, 0).unwrap();
+    }
+
+    /// Be host 2 from now on: VTEP 198.51.100.2, B local behind ifindex 7.
+    fn become_host2(&mut self) {
+        self.configure(VTEP_2);
+        self.fdb.insert(FdbKey::new(VNI, MAC_B), local(7), 0).unwrap();
+    }
+
     fn run(&self, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let mut out = vec![0u8; frame.len() + 512];
@@ -115,12 +127,12 @@ impl Progs {
         self.stats.get(&stats_index(dir, reason), 0).unwrap().iter().map(|v| v.packets).sum()
     }
 
-    /// Total packets counted under any reason: each run counts exactly once (the
-    /// upgrade-test variant's extra marker count aside).
+    /// Total packets counted under any verdict: each run counts exactly once (the
+    /// upgrade-test variant's marker and lost flood copies are not verdicts).
     fn total(&self) -> u64 {
         Direction::ALL
             .iter()
-            .flat_map(|d| Reason::ALL.iter().filter(|r| **r != Reason::UpgradeTestMarker).map(move |r| (*d, *r)))
+            .flat_map(|d| Reason::ALL.iter().filter(|r| r.is_verdict()).map(move |r| (*d, *r)))
             .map(|(d, r)| self.count(d, r))
             .sum()
     }
