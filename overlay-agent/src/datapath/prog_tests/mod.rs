@@ -4,6 +4,7 @@
 //! attached anywhere.
 
 mod flood;
+mod fuzz;
 mod hardening;
 mod route;
 
