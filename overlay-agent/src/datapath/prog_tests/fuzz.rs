@@ -408,6 +408,9 @@ impl World {
 struct Prediction {
     reason: Reason,
     out: Out,
+    /// Flood copies `bpf_clone_redirect` cannot send (to ifindexes no device has),
+    /// each counted under `flood-copy-failed` besides the verdict.
+    lost_copies: u64,
 }
 
 /// What the program hands back with the verdict.
@@ -438,15 +441,28 @@ struct Vxlan {
 type Outcome = Result<Prediction, Reason>;
 
 fn forwarded(reason: Reason, out: Out) -> Outcome {
-    Ok(Prediction { reason, out })
+    Ok(Prediction { reason, out, lost_copies: 0 })
 }
 
 fn passed(reason: Reason) -> Outcome {
-    Ok(Prediction { reason, out: Out::Same })
+    Ok(Prediction { reason, out: Out::Same, lost_copies: 0 })
 }
 
 fn settle(outcome: Outcome) -> Prediction {
-    outcome.unwrap_or_else(|reason| Prediction { reason, out: Out::Any })
+    outcome.unwrap_or_else(|reason| Prediction { reason, out: Out::Any, lost_copies: 0 })
+}
+
+/// A flooded frame's verdict, with the copies that are lost: `flood::flood` clones to
+/// every target but the last (the sender's veth `skip` and empty slots left out; with
+/// `remote`, the VXLAN device goes last), and only `LO` exists in the test.
+fn flooded(list: &FloodValue, skip: u32, remote: bool, out: Out) -> Outcome {
+    let mut targets: Vec<u32> = flood_ports(list).filter(|&ifindex| ifindex != skip).collect();
+    if remote && list.vxlan_ifindex != 0 {
+        targets.push(list.vxlan_ifindex);
+    }
+    let clones = &targets[..targets.len().saturating_sub(1)];
+    let lost_copies = clones.iter().filter(|&&ifindex| ifindex != LO).count() as u64;
+    Ok(Prediction { reason: Reason::Flooded, out, lost_copies })
 }
 
 fn container_model(w: &World, f: &[u8]) -> Prediction {
@@ -525,7 +541,7 @@ fn flood_from_container(w: &World, vni: u32) -> Outcome {
     if list.vxlan_ifindex == 0 && !flood_ports(list).any(|ifindex| ifindex != LO) {
         return Err(Reason::BroadcastUnsupported);
     }
-    forwarded(Reason::Flooded, Out::Same)
+    flooded(list, LO, true, Out::Same)
 }
 
 /// The ports of a flood list the program walks: `n_ports` of them, at most the array.
@@ -657,7 +673,7 @@ fn deliver_inner(w: &World, vni: u32, inner: &[u8]) -> Outcome {
         if flood_ports(list).next().is_none() {
             return Err(Reason::BroadcastUnsupported);
         }
-        return forwarded(Reason::Flooded, Out::Bytes(inner.to_vec()));
+        return flooded(list, 0, false, Out::Bytes(inner.to_vec()));
     }
     let fdb = w.fdb.get(&FdbKey::new(vni, dst)).ok_or(Reason::UnknownDestination)?;
     match fdb.kind {
@@ -1254,6 +1270,9 @@ impl<'a> Fuzzer<'a> {
         let prediction = (self.t.model)(world, &case.frame);
         self.expect_action(case, &prediction, ret);
         self.expect_counted(case, prediction.reason);
+        for _ in 0..prediction.lost_copies {
+            self.tally.add(self.t.dir, Reason::FloodCopyFailed);
+        }
         if let Err(what) = check_out(&prediction.out, &case.frame, &self.out[..len]) {
             self.fail(case, format!("{}: {what}", prediction.reason.name()));
         }
