@@ -66,7 +66,8 @@ pub enum Reason {
     PassToHost = 20,
 
     // --- dropped (32..=63)
-    /// Headers shorter than they claim or than the protocol needs.
+    /// Headers shorter than they claim or than the protocol needs (also VXLAN whose
+    /// inner frame is too short for an IPv4 header or ARP).
     Malformed = 32,
     /// Frame from a veth that is not a registered endpoint.
     UnknownEndpoint = 33,
@@ -96,8 +97,8 @@ pub enum Reason {
     /// VXLAN to our port whose VNI is served but whose inner destination is a remote
     /// endpoint (we never forward VXLAN to VXLAN).
     NotLocalDestination = 45,
-    /// A frame to the router MAC (L3 network) that is not IPv4, or is an IPv4 packet
-    /// with options or shorter than its header.
+    /// A frame to the router MAC (L3 network) that is not IPv4 (from another host), or
+    /// is an IPv4 packet with options or shorter than its header.
     RouteNotIpv4 = 46,
     /// Routed to an address with no route: an overlay address that no node subnet of
     /// the network holds and no local endpoint has, an address of another overlay
@@ -128,6 +129,10 @@ pub enum Reason {
     /// send (its veth went away between the agent's update and the packet). Counted per
     /// lost copy, besides the frame's own `flooded`.
     FloodCopyFailed = 55,
+    /// A frame from a container that is neither IPv4 nor ARP (IPv6, 802.1Q-tagged,
+    /// anything else): the overlay carries IPv4, and anti-spoofing checks the sources of
+    /// IPv4 and ARP, so nothing else may leave a container.
+    UnsupportedProtocol = 56,
 }
 
 /// How a reason ended for the packet.
@@ -139,7 +144,7 @@ pub enum ReasonKind {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 36] = [
+    pub const ALL: [Reason; 37] = [
         Reason::Encapsulated,
         Reason::LocalDelivered,
         Reason::ArpReplied,
@@ -176,6 +181,7 @@ impl Reason {
         Reason::UnknownVtep,
         Reason::Oversized,
         Reason::FloodCopyFailed,
+        Reason::UnsupportedProtocol,
     ];
 
     /// Whether a packet's one count can be under this reason (every reason but the
@@ -230,6 +236,7 @@ impl Reason {
             53 => Reason::UnknownVtep,
             54 => Reason::Oversized,
             55 => Reason::FloodCopyFailed,
+            56 => Reason::UnsupportedProtocol,
             _ => return None,
         })
     }
@@ -273,6 +280,7 @@ impl Reason {
             Reason::UnknownVtep => "unknown-vtep",
             Reason::Oversized => "oversized",
             Reason::FloodCopyFailed => "flood-copy-failed",
+            Reason::UnsupportedProtocol => "unsupported-protocol",
         }
     }
 }

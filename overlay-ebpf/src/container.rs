@@ -1,6 +1,7 @@
-//! `ovl_from_container`: everything a container sends. ARP is answered, unicast goes to
-//! the container or remote VTEP the FDB names (or is routed, in an L3 network, when it
-//! is addressed to the router MAC), and nothing else leaves.
+//! `ovl_from_container`: everything a container sends. ARP is answered, IPv4 from the
+//! container's own address goes to the container or remote VTEP the FDB names (or is
+//! routed, in an L3 network, when it is addressed to the router MAC), and nothing else
+//! leaves.
 
 use aya_ebpf::programs::TcContext;
 use network_types::{
@@ -39,19 +40,28 @@ pub fn try_from_container(ctx: &TcContext) -> Outcome {
     if eth.src_addr != endpoint.mac {
         return Err(Reason::SourceMacMismatch);
     }
+    // A VLAN tag the veth took off into the skb's metadata (rx VLAN offload) would still
+    // go with the frame, into a container or onto the underlay: tagged frames are not
+    // carried, whether the tag is in the data or in the metadata.
+    // SAFETY: reading a field of the context the kernel passed in.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Err(Reason::UnsupportedProtocol);
+    }
     if eth.ether_type == EtherType::Arp as u16 {
         return arp::reply(ctx, &endpoint, ifindex);
     }
-    if eth.ether_type == EtherType::Ipv4 as u16 {
-        // Anti-spoofing: a container sends only from its own address, or it could reach
-        // others' peers in its name (their replies would go to the real owner) or slip
-        // past the isolation other hosts apply by source.
-        parse::pull(ctx, EthHdr::LEN + Ipv4Hdr::LEN).map_err(|_| Reason::PullFailed)?;
-        let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::Malformed)?;
-        // SAFETY: ptr_at bounds-checked the header.
-        if unsafe { (*ip).src_addr } != endpoint.ip {
-            return Err(Reason::SourceIpMismatch);
-        }
+    // IPv4 only from here (IPv6, 802.1Q tags and the rest could carry any source past
+    // the check below). Anti-spoofing: a container sends only from its own address, or it
+    // could reach others' peers in its name (their replies would go to the real owner)
+    // or slip past the isolation other hosts apply by source.
+    if eth.ether_type != EtherType::Ipv4 as u16 {
+        return Err(Reason::UnsupportedProtocol);
+    }
+    parse::pull(ctx, EthHdr::LEN + Ipv4Hdr::LEN).map_err(|_| Reason::PullFailed)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).ok_or(Reason::Malformed)?;
+    // SAFETY: ptr_at bounds-checked the header.
+    if unsafe { (*ip).src_addr } != endpoint.ip {
+        return Err(Reason::SourceIpMismatch);
     }
     if is_group_mac(&eth.dst_addr) {
         // Broadcast/multicast that ARP answering did not consume: the network's other

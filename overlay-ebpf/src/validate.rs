@@ -60,11 +60,17 @@ pub fn known_vtep(vni: u32, network: &NetworkValue, src: [u8; 4]) -> Result<(), 
 /// Whether the inner frame fits the network's MTU. A frame the container's veth would
 /// refuse (`is_skb_forwardable`: MTU plus Ethernet and VLAN headers, unless it is a GSO
 /// aggregate the stack segments later) is counted here instead of vanishing uncounted.
+/// One too short to hold an IPv4 header (or ARP, which is longer) is malformed: it could
+/// carry nothing the overlay delivers, and `bpf_skb_adjust_room` would refuse to shrink
+/// the packet to it anyway.
 #[inline(always)]
 pub fn inner_size(ctx: &TcContext, network: &NetworkValue) -> Result<(), Reason> {
     // SAFETY: reading a field of the context the kernel passed in.
     let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     let inner = ctx.len().saturating_sub(vxlan::OVERHEAD);
+    if inner < (EthHdr::LEN + Ipv4Hdr::LEN) as u32 {
+        return Err(Reason::Malformed);
+    }
     if gso_segs <= 1 && inner > u32::from(network.mtu) + EthHdr::LEN as u32 + VLAN_HLEN {
         return Err(Reason::Oversized);
     }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use super::{Agent, requests::RequestError};
 use crate::{
     datapath::AnyDatapath,
-    firewall::{self, Dnat, FirewallError, PortMapping, Ruleset},
+    firewall::{self, Dnat, FirewallError, Guard, PortMapping, Ruleset},
 };
 
 impl Agent {
@@ -37,7 +37,22 @@ impl Agent {
             } else {
                 Vec::new()
             },
+            // The eBPF programs check sources themselves.
+            guards: if kernel {
+                self.local
+                    .values()
+                    .map(|l| Guard { ifname: l.record.host_ifname.clone(), ip: l.record.ip, mac: l.record.mac })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
+    }
+
+    /// Whether adding or removing a local endpoint changes the table (kernel mode's
+    /// anti-spoofing rules, or its published ports).
+    pub(super) fn firewall_follows(&self, publish: &[PortMapping]) -> bool {
+        !publish.is_empty() || matches!(self.datapath, AnyDatapath::Kernel(_))
     }
 
     /// Writes the table (or removes it when empty).

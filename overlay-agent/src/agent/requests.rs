@@ -315,8 +315,9 @@ impl Agent {
             publish: spec.publish.clone(),
         };
         self.local.insert((net.vni, ip), Local { record, unpublished: None });
-        // 4. Published ports, once the container is reachable.
-        if !spec.publish.is_empty()
+        // 4. Published ports, once the container is reachable (and, in kernel mode, its
+        // anti-spoofing rules).
+        if self.firewall_follows(&spec.publish)
             && let Err(e) = self.sync_firewall()
         {
             self.local.remove(&(net.vni, ip));
@@ -363,7 +364,7 @@ impl Agent {
         let vni = local.record.vni;
         // Its published ports go first: nothing may be forwarded to an address that is
         // about to be handed to another container.
-        if !local.record.publish.is_empty()
+        if self.firewall_follows(&local.record.publish)
             && let Err(e) = self.sync_firewall()
         {
             warn!(network, %ip, error = %e, "removing the endpoint's published ports; retried with the next change");

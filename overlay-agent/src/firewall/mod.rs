@@ -12,7 +12,10 @@
 //!   host, so it needs no rule);
 //! - source NAT (`masquerade`) for traffic from containers to outside every overlay
 //!   network;
-//! - published ports (`endpoint add --publish`): DNAT from this host's address.
+//! - published ports (`endpoint add --publish`): DNAT from this host's address;
+//! - in kernel mode, anti-spoofing on each container's host-side veth (the bridge-family
+//!   table): only the container's own MAC, IPv4 from its own address, ARP with its own
+//!   sender fields, and nothing but IPv4 and ARP, as the eBPF datapath enforces.
 
 use std::{
     io::Write as _,
@@ -38,9 +41,9 @@ pub const BRIDGE_TABLE: &str = "bridge overlay_agent";
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
     #[error(
-        "running `nft` ({source}): the networks' gateways (masquerade, published ports, and in kernel mode the \
-         isolation between networks) need the nftables tool; install it (`apt-get install nftables`), or set \
-         `masquerade = false` (or `gateway = false`) on every network and publish no ports"
+        "running `nft` ({source}): the networks' gateways (masquerade, published ports) and, in kernel mode, the \
+         isolation between networks and the containers' anti-spoofing rules need the nftables tool; install it \
+         (`apt-get install nftables`)"
     )]
     Spawn {
         #[source]
@@ -78,22 +81,52 @@ pub struct Ruleset {
     /// that it would flood to the VXLAN device, i.e. to every other host, where the same
     /// MAC is local: they are dropped on the way out.
     pub anycast: Vec<(u32, crate::mac::MacAddr)>,
+    /// Kernel mode: the local containers' host-side veths and what they may send from.
+    pub guards: Vec<Guard>,
+}
+
+/// A container's host-side veth and its own addresses (kernel mode's anti-spoofing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub mac: crate::mac::MacAddr,
 }
 
 impl Ruleset {
     pub fn is_empty(&self) -> bool {
-        self.isolate.is_empty() && self.masquerade.is_empty() && self.publish.is_empty() && self.anycast.is_empty()
+        self.isolate.is_empty()
+            && self.masquerade.is_empty()
+            && self.publish.is_empty()
+            && self.anycast.is_empty()
+            && self.guards.is_empty()
     }
 
     /// The `nft -f -` script that replaces the table with this ruleset.
     pub fn script(&self) -> String {
         let mut t = format!("table {TABLE}\ndelete table {TABLE}\ntable {BRIDGE_TABLE}\ndelete table {BRIDGE_TABLE}\n");
-        if !self.anycast.is_empty() {
-            t += &format!("table {BRIDGE_TABLE} {{\n    chain output {{\n        type filter hook output priority filter; policy accept;\n");
-            for (vni, mac) in &self.anycast {
-                t += &format!("        oifname \"{}\" ether saddr {mac} drop comment \"the anycast gateway stays on its host\"\n", vxlan_name(*vni));
+        if !self.anycast.is_empty() || !self.guards.is_empty() {
+            t += &format!("table {BRIDGE_TABLE} {{\n");
+            if !self.anycast.is_empty() {
+                t += "    chain output {\n        type filter hook output priority filter; policy accept;\n";
+                for (vni, mac) in &self.anycast {
+                    t += &format!("        oifname \"{}\" ether saddr {mac} drop comment \"the anycast gateway stays on its host\"\n", vxlan_name(*vni));
+                }
+                t += "    }\n";
             }
-            t += "    }\n}\n";
+            if !self.guards.is_empty() {
+                t += "    chain prerouting {\n        type filter hook prerouting priority filter; policy accept;\n";
+                for g in &self.guards {
+                    let (i, ip, mac) = (&g.ifname, g.ip, g.mac);
+                    t += &format!("        iifname \"{i}\" ether saddr != {mac} counter drop comment \"anti-spoofing\"\n");
+                    t += &format!("        iifname \"{i}\" ether type != {{ ip, arp }} counter drop comment \"IPv4 and ARP only\"\n");
+                    t += &format!("        iifname \"{i}\" ip saddr != {ip} counter drop comment \"anti-spoofing\"\n");
+                    t += &format!("        iifname \"{i}\" arp saddr ether != {mac} counter drop comment \"anti-spoofing\"\n");
+                    t += &format!("        iifname \"{i}\" arp saddr ip != {{ {ip}, 0.0.0.0 }} counter drop comment \"anti-spoofing\"\n");
+                }
+                t += "    }\n";
+            }
+            t += "}\n";
         }
         t += &format!("table {TABLE} {{\n");
         if !self.isolate.is_empty() {
@@ -227,15 +260,25 @@ mod tests {
                 port: 80,
             }],
             anycast: vec![(42, crate::mac::MacAddr([0x0e, 1, 2, 3, 4, 5]))],
+            guards: vec![Guard {
+                ifname: "ovl0123".into(),
+                ip: "10.50.0.2".parse().unwrap(),
+                mac: crate::mac::MacAddr([2, 0x42, 10, 50, 0, 2]),
+            }],
         };
         let s = r.script();
         assert!(s.starts_with("table inet overlay_agent\ndelete table inet overlay_agent\ntable bridge overlay_agent\ndelete table bridge overlay_agent\n"), "{s}");
         assert!(s.contains("oifname \"ovvx42\" ether saddr 0e:01:02:03:04:05 drop"), "{s}");
         assert!(s.contains("iifname { \"ovbr50\", \"ovvx50\" } oifname { \"ovbr50\", \"ovvx50\" } accept"), "{s}");
         assert!(s.contains("iifname \"ovbr*\" oifname \"ovvx*\" counter drop"), "{s}");
-        assert!(s.find("accept\n").unwrap() < s.find("counter drop").unwrap(), "accepts come first: {s}");
+        let forward = &s[s.find("chain forward").unwrap()..];
+        assert!(forward.find("accept\n").unwrap() < forward.find("counter drop").unwrap(), "accepts come first: {s}");
         assert!(s.contains("ip saddr 10.50.0.0/16 ip daddr != { 10.50.0.0/16, 10.51.0.0/16 } counter masquerade"), "{s}");
         assert!(s.contains("ip daddr 198.51.100.1 tcp dport 8080 dnat ip to 10.50.0.2:80"), "{s}");
+        assert!(s.contains("iifname \"ovl0123\" ether saddr != 02:42:0a:32:00:02 counter drop"), "{s}");
+        assert!(s.contains("iifname \"ovl0123\" ether type != { ip, arp } counter drop"), "{s}");
+        assert!(s.contains("iifname \"ovl0123\" ip saddr != 10.50.0.2 counter drop"), "{s}");
+        assert!(s.contains("iifname \"ovl0123\" arp saddr ip != { 10.50.0.2, 0.0.0.0 } counter drop"), "{s}");
         assert!(Ruleset::default().is_empty());
     }
 }

@@ -122,7 +122,7 @@ fn routing_delivers_locally_hands_the_outside_to_the_host_and_refuses_the_rest()
         (routed_frame([10, 0, 30, 5], 64), Reason::NoRoute),
         (routed_frame(FAR, 1), Reason::TtlExceeded),
         (routed_frame(FAR, 0), Reason::TtlExceeded),
-        (ipv6, Reason::RouteNotIpv4),
+        (ipv6, Reason::UnsupportedProtocol),
     ];
     for (frame, reason) in &cases {
         let before = p.count(Direction::FromContainer, *reason);
