@@ -7,6 +7,7 @@ mod exec;
 mod run;
 mod scale;
 mod setup;
+mod soak;
 mod test;
 mod vm;
 mod workspace;
@@ -43,6 +44,9 @@ enum Cmd {
     Scale(scale::Args),
     /// Boot Debian kernels in QEMU (virtme-ng) and run the integration suite in each.
     VmTest(vm::Args),
+    /// Churn soak: endpoints added and removed on three hosts while stable pairs ping;
+    /// checks no loss and no leak (veths, map entries, pins, descriptors, memory).
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::VmTest(args) => vm::execute(args),
         Cmd::Bench(args) => bench::execute(args),
         Cmd::Scale(args) => scale::execute(args),
+        Cmd::Soak(args) => soak::execute(args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

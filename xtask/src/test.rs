@@ -24,7 +24,7 @@ const SHM: &str = "/dev/shm";
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 /// The suites that also run with kernel-mode agents (the rest runs once, in eBPF mode,
 /// or picks its modes itself).
-const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle", "docker", "cni", "l3", "gateway", "failure_modes", "hardening"];
+const KERNEL_SUITES: &[&str] = &["overlay", "restart", "etcd", "lifecycle", "docker", "cni", "l3", "gateway", "failure_modes", "hardening", "soak"];
 /// Chooses the lab agents' datapath (tests/src/lab.rs `MODE_ENV`).
 const MODE_ENV: &str = "OVERLAY_TEST_DATAPATH";
 /// The agent binary of the lab (tests/src/agent.rs `AGENT_BIN_ENV`).

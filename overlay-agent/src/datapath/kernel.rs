@@ -250,7 +250,16 @@ impl Datapath for KernelDatapath {
         self.nl
             .set_link(ep.ifindex, LinkChange { master: Some(bridge), ..Default::default() })
             .await
-            .map_err(nl_err("adding the endpoint's veth to the bridge", ep.ifname.clone()))
+            .map_err(nl_err("adding the endpoint's veth to the bridge", ep.ifname.clone()))?;
+        // The bridge learns MACs on its VXLAN port from traffic of remote containers; an
+        // address that lived on another host before (a container moved, or an address
+        // and its MAC reused) would go on being sent back out there until that entry
+        // aged out (5 minutes) or the container spoke first. A static entry on the new
+        // port wins at once; it goes with the veth.
+        self.nl
+            .bridge_fdb_static(ep.ifindex, ep.mac.0)
+            .await
+            .map_err(nl_err("pinning the endpoint's MAC to its bridge port", ep.ifname.clone()))
     }
 
     async fn detach_endpoint(&mut self, _ep: &LocalEndpoint) -> Result<(), DatapathError> {

@@ -170,6 +170,23 @@ impl Netlink {
             .map_err(request_error("fdb replace", target))
     }
 
+    /// `bridge fdb replace MAC dev PORT master static`: the bridge that `index` is a port
+    /// of sends frames for `mac` out of that port, whatever it learnt before.
+    pub async fn bridge_fdb_static(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let target = format!("{} on bridge port #{index}", super::super::mac::MacAddr(mac));
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.state = NeighbourState::Noarp;
+        m.header.flags = NeighbourFlags::Controller;
+        m.header.kind = RouteType::Unspec;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        let msg = RouteNetlinkMessage::NewNeighbour(m);
+        self.send_neigh(msg, NLM_F_CREATE | NLM_F_REPLACE, "bridge fdb replace", target.clone())
+            .await
+            .map_err(request_error("bridge fdb replace", target))
+    }
+
     /// `bridge fdb append MAC dev DEV self dst DST ...`: one more destination for `mac`
     /// (the all-zeros MAC: one per remote VTEP). Appending an existing one is fine.
     pub async fn fdb_append(
