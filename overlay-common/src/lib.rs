@@ -25,8 +25,9 @@ pub mod maps {
     pub const FLOOD: &str = "OVL_FLOOD";
     pub const ROUTES: &str = "OVL_ROUTES";
     pub const VTEPS: &str = "OVL_VTEPS";
+    pub const TRACE: &str = "OVL_TRACE";
     /// Every map the agent pins, in dump order.
-    pub const ALL: [&str; 9] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, ROUTES, VTEPS, CONFIG, STATS];
+    pub const ALL: [&str; 10] = [NEIGH, FDB, ENDPOINTS, NETWORKS, FLOOD, ROUTES, VTEPS, CONFIG, STATS, TRACE];
     /// The layout of every map's key and value, and what they mean. Pins live under
     /// `maps/v<LAYOUT_VERSION>/`: bump this whenever a map type below changes, so that
     /// an upgraded agent builds new maps (filled before its programs take over) instead
@@ -61,6 +62,8 @@ pub mod limits {
     pub const MAX_ROUTES: u32 = 16_384;
     /// (network, remote VTEP) pairs VXLAN is accepted from: hosts times networks.
     pub const MAX_VTEPS: u32 = 65_536;
+    /// The trace ring buffer: about 1,700 events.
+    pub const TRACE_BYTES: u32 = 256 * 1024;
     /// Defaults of `[datapath] neigh_capacity`, `fdb_capacity`, `endpoint_capacity`.
     pub const DEFAULT_NEIGH: u32 = 65_536;
     pub const DEFAULT_FDB: u32 = 65_536;
@@ -278,7 +281,41 @@ pub struct DatapathConfig {
     pub udp_ports_be: [u16; limits::MAX_UDP_PORTS],
     /// [`FEATURE_CSUM_LEVEL`] and friends.
     pub features: u32,
+    /// [`TRACE_DROPS`] / [`TRACE_ALL`]: which verdicts go to `OVL_TRACE` (0: none, the
+    /// programs then do nothing more than read this word).
+    pub trace: u32,
+    /// With `trace`: only frames from the container behind this host-side veth (0: all).
+    pub trace_ifindex: u32,
     pub _pad: [u8; 4],
+}
+
+/// [`DatapathConfig::trace`]: drops go to the trace ring buffer.
+pub const TRACE_DROPS: u32 = 1 << 0;
+/// [`DatapathConfig::trace`]: every verdict goes to the trace ring buffer.
+pub const TRACE_ALL: u32 = 1 << 1;
+/// Bytes of each traced frame copied into its [`TraceEvent`]: the outer headers of a
+/// VXLAN frame (50), the inner Ethernet, IPv4 and transport headers, with room to spare.
+pub const TRACE_HEAD: usize = 128;
+
+/// One traced verdict, as the programs write it into `OVL_TRACE` (a ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns` (monotonic, since boot).
+    pub ts_ns: u64,
+    /// The device the program ran on (a container's host-side veth, or the underlay).
+    pub ifindex: u32,
+    /// The frame's length when the verdict was taken.
+    pub len: u32,
+    /// [`Direction`] and [`Reason`] codes.
+    pub direction: u32,
+    pub reason: u32,
+    /// Valid bytes in `head` (the frame may be shorter than [`TRACE_HEAD`]).
+    pub head_len: u32,
+    pub _pad: [u8; 4],
+    /// The frame's first bytes, as the program left it (encapsulated after
+    /// `encapsulated`, the inner frame after `decapsulated`).
+    pub head: [u8; TRACE_HEAD],
 }
 
 /// `bpf_csum_level` is available (5.7+): after decap with `NO_CSUM_RESET`, the
@@ -297,6 +334,8 @@ impl DatapathConfig {
             n_udp_ports: 0,
             udp_ports_be: [0; limits::MAX_UDP_PORTS],
             features: 0,
+            trace: 0,
+            trace_ifindex: 0,
             _pad: [0; 4],
         }
     }
@@ -354,6 +393,7 @@ mod pod {
     unsafe impl aya::Pod for RouteKey {}
     unsafe impl aya::Pod for RouteValue {}
     unsafe impl aya::Pod for VtepKey {}
+    unsafe impl aya::Pod for TraceEvent {}
 }
 
 #[cfg(test)]
@@ -369,7 +409,8 @@ mod tests {
         assert_eq!(size_of::<FdbValue>(), 16);
         assert_eq!(size_of::<EndpointValue>(), 16);
         assert_eq!(size_of::<NetworkValue>(), 8);
-        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 8 + 8 + 2 + 2 + 4 + 16 + 4 + 4);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 8 + 8 + 2 + 2 + 4 + 16 + 4 + 4 + 4 + 4);
+        assert_eq!(size_of::<TraceEvent>(), 8 + 4 * 6 + TRACE_HEAD);
         assert_eq!(size_of::<StatsValue>(), 16);
         assert_eq!(size_of::<ProbeArgs>(), 32);
         assert_eq!(size_of::<FloodValue>(), 8 + 4 * limits::MAX_FLOOD_PORTS);

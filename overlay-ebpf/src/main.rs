@@ -23,13 +23,14 @@ mod probe;
 mod redirect;
 mod route;
 mod stats;
+mod trace;
 mod underlay;
 mod validate;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     macros::{classifier, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
     programs::TcContext,
 };
 use overlay_common::{
@@ -70,6 +71,10 @@ static OVL_ROUTES: LpmTrie<RouteKey, RouteValue> = LpmTrie::with_max_entries(lim
 #[map]
 static OVL_VTEPS: HashMap<VtepKey, u32> = HashMap::with_max_entries(limits::MAX_VTEPS, 0);
 
+/// Traced verdicts for `overlay-agent trace` (see `trace`).
+#[map]
+static OVL_TRACE: RingBuf = RingBuf::with_byte_size(limits::TRACE_BYTES, 0);
+
 /// Host-wide settings, index 0 only.
 #[map]
 static OVL_CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
@@ -87,6 +92,7 @@ static OVL_PROBE: Array<ProbeArgs> = Array::with_max_entries(1, 0);
 pub fn ovl_from_container(ctx: TcContext) -> i32 {
     let bytes = ctx.len();
     stats::account(
+        &ctx,
         Direction::FromContainer,
         container::try_from_container(&ctx),
         bytes,
@@ -99,6 +105,7 @@ pub fn ovl_from_container(ctx: TcContext) -> i32 {
 pub fn ovl_from_underlay(ctx: TcContext) -> i32 {
     let bytes = ctx.len();
     stats::account(
+        &ctx,
         Direction::FromUnderlay,
         underlay::try_from_underlay(&ctx),
         bytes,
@@ -144,6 +151,7 @@ assert_named! {
     OVL_FLOOD = maps::FLOOD;
     OVL_ROUTES = maps::ROUTES;
     OVL_VTEPS = maps::VTEPS;
+    OVL_TRACE = maps::TRACE;
     OVL_ENDPOINTS = maps::ENDPOINTS;
     OVL_NETWORKS = maps::NETWORKS;
     OVL_CONFIG = maps::CONFIG;

@@ -1,7 +1,10 @@
 //! Counting: every packet a program sees is counted exactly once, under one
 //! (direction, reason), and the reason alone decides the TC action.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use overlay_common::{Direction, Reason, reason::ReasonKind, stats_index};
 
 /// What a `try_*` function decided about a packet.
@@ -18,11 +21,12 @@ pub type Outcome = Result<Reason, Reason>;
 /// it, see `skb_do_redirect` callers in net/core/dev.c), `TC_ACT_OK` for passed,
 /// `TC_ACT_SHOT` for dropped.
 #[inline(always)]
-pub fn account(dir: Direction, outcome: Outcome, bytes: u32) -> i32 {
+pub fn account(ctx: &TcContext, dir: Direction, outcome: Outcome, bytes: u32) -> i32 {
     let reason = match outcome {
         Ok(reason) | Err(reason) => reason,
     };
     count(dir, reason, bytes);
+    crate::trace::record(ctx, dir, reason);
     // The upgrade-test variant (a test-only build, see Cargo.toml) differs from the
     // normal programs by this extra count, which a test reads to see which build runs.
     #[cfg(feature = "upgrade-test-variant")]

@@ -122,6 +122,17 @@ pub fn add_addr(ns: &NetNs, ifname: &str, cidr: &str) {
     });
 }
 
+/// Removes an address added with [`add_addr`].
+pub fn del_addr(ns: &NetNs, ifname: &str, cidr: &str) {
+    let (ip, len) = parse_cidr(cidr);
+    let index = ns.link(ifname).index;
+    ns.netlink(|nl| async move {
+        nl.del_address(index, ip, len)
+            .await
+            .unwrap_or_else(|e| panic!("removing {cidr} from {ifname}: {e:?}"));
+    });
+}
+
 /// Adds a route to `cidr` (or `"default"`) via the gateway `via`.
 pub fn add_route(ns: &NetNs, cidr: &str, via: Ipv4Addr) {
     let (dst, len) = parse_cidr(cidr);

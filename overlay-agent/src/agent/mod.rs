@@ -26,6 +26,7 @@ mod views;
 
 pub use subnets::l2_gateway;
 pub mod teardown;
+mod trace;
 
 use std::{
     collections::BTreeMap,
@@ -152,6 +153,8 @@ pub struct Agent {
     watch_started: Instant,
     initial_sync: Option<Duration>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// A trace session is open (see [`trace`]).
+    tracing: bool,
 }
 
 /// How the main loop ended.
@@ -292,6 +295,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     match stop {
         Stop::Release => {
             stop_server(server, server_stop, "the control server").await;
+            agent.stop_trace();
             agent.save_state();
             remove_socket(&socket);
             agent.datapath.release();

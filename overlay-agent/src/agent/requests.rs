@@ -39,6 +39,10 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// Why an API request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    #[error("a trace session is already open on this agent (one at a time); end it first")]
+    TraceBusy,
+    #[error("trace needs the eBPF datapath; this agent runs the kernel datapath (use tcpdump on the bridge or VXLAN device)")]
+    TraceNeedsEbpf,
     #[error("unknown network {name:?}; this agent serves: {known}")]
     UnknownNetwork { name: String, known: String },
     #[error("{ip} is not inside network {network}'s subnet {subnet}")]
@@ -167,6 +171,11 @@ impl Agent {
             Request::SubnetAdd(spec) => self.add_static_subnet(spec).await.map_or_else(err, Response::Subnet),
             Request::SubnetDel { network, subnet } => self.del_static_subnet(&network, subnet).await.map_or_else(err, Response::Subnet),
             Request::Status => Response::Status(self.status()),
+            Request::Trace(spec) => self.start_trace(spec).map_or_else(err, Response::Trace),
+            Request::TraceStop => {
+                self.stop_trace();
+                Response::TraceStopped
+            }
             // Handled by the main loop, which stops after it.
             Request::Down => Response::error("down is handled by the main loop"),
         };

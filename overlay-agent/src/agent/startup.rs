@@ -277,6 +277,7 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
         watch_started: Instant::now(),
         initial_sync: None,
         metrics,
+        tracing: false,
     };
     // Local entries only: nothing learnt from the store is removed before its first
     // full list has been applied.

@@ -98,6 +98,31 @@ pub enum Request {
     Status,
     /// Remove everything this node made (datapath, veths, store records, lease) and exit.
     Down,
+    /// Start a trace session (eBPF datapath): the programs copy verdicts into the pinned
+    /// ring buffer until the client closes the connection this request came on.
+    Trace(TraceSpec),
+    /// Sent by the control server, not by clients: the session's connection closed.
+    TraceStop,
+}
+
+/// What a trace session watches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSpec {
+    /// Every verdict, not only drops.
+    pub all: bool,
+    /// Only this local endpoint's frames (network name, IP).
+    pub endpoint: Option<(String, Ipv4Addr)>,
+}
+
+/// A trace session is open: where to read its events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// The pinned `OVL_TRACE` ring buffer.
+    pub ring: std::path::PathBuf,
+    /// With an endpoint: its host-side veth's ifindex.
+    pub ifindex: Option<u32>,
+    /// The VXLAN UDP ports in use (to tell VXLAN apart in the frames' heads).
+    pub udp_ports: Vec<u16>,
 }
 
 /// Where an endpoint lives, as `endpoint list` shows it.
@@ -233,6 +258,8 @@ pub enum Response {
     Status(StatusInfo),
     /// `down` is done: the agent removed everything and exits.
     Down { removed: Vec<String> },
+    Trace(TraceInfo),
+    TraceStopped,
     Error {
         message: String,
         /// What kind of refusal, for clients that act on it (absent: any other).

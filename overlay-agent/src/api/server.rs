@@ -173,17 +173,29 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
         };
         let response = match serde_json::from_slice::<Request>(&line) {
             Err(e) => Response::error(format!("malformed request: {e}")),
-            Ok(request) => {
-                let (reply, rx) = oneshot::channel();
-                if calls.send(Call { request, reply }).await.is_err() {
-                    Response::error("the agent is shutting down")
-                } else {
-                    rx.await.unwrap_or_else(|_| Response::error("the agent is shutting down"))
-                }
-            }
+            // Only the server itself ends sessions.
+            Ok(Request::TraceStop) => Response::error("malformed request: TraceStop is not a client request"),
+            Ok(request) => call(&calls, request).await,
         };
         reply(&mut write, &response).await?;
+        if matches!(response, Response::Trace(_)) {
+            // A trace session lasts as long as this connection: wait for the client to
+            // close it (or die), however long that takes, then switch tracing off.
+            let mut rest = [0u8; 256];
+            while matches!(reader.read(&mut rest).await, Ok(n) if n > 0) {}
+            let _ended = call(&calls, Request::TraceStop).await;
+            return Ok(());
+        }
     }
+}
+
+/// Hands `request` to the main loop and waits for its answer.
+async fn call(calls: &mpsc::Sender<Call>, request: Request) -> Response {
+    let (reply, rx) = oneshot::channel();
+    if calls.send(Call { request, reply }).await.is_err() {
+        return Response::error("the agent is shutting down");
+    }
+    rx.await.unwrap_or_else(|_| Response::error("the agent is shutting down"))
 }
 
 async fn reply<W: tokio::io::AsyncWrite + Unpin>(write: &mut W, response: &Response) -> std::io::Result<()> {

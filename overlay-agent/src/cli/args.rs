@@ -50,6 +50,9 @@ pub enum Command {
     Map(MapCommand),
     /// Show the running agent's state: node, datapath mode, store, networks, peers.
     Status(OutputArgs),
+    /// Watch the eBPF datapath's verdicts live: drops (default) or everything, with the
+    /// interface, VNI, outer and inner addresses. Costs nothing while nobody traces.
+    Trace(TraceArgs),
     /// Remove everything this node made (datapath, veths, devices, pins, store records
     /// and lease) and stop the agent; works with the agent stopped too.
     Down(OutputArgs),
@@ -192,6 +195,25 @@ pub struct MapDumpArgs {
 #[derive(Debug, Args, Clone, Copy)]
 pub struct OutputArgs {
     /// Machine-readable JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
+    /// Every verdict (forwarded and passed too), not only drops.
+    #[arg(long)]
+    pub all: bool,
+    /// With --ip: only this local endpoint's frames (network name).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// With --network: only this local endpoint's frames (its IP).
+    #[arg(long)]
+    pub ip: Option<Ipv4Addr>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
 }

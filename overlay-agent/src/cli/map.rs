@@ -134,12 +134,13 @@ fn print_config(d: &MapDump) {
         Some(c) => {
             let ports: Vec<_> = c.udp_ports.iter().map(u16::to_string).collect();
             println!(
-                "config:   vtep {} underlay ifindex {} udp ports {} src ports {}-{}\n          encap {}\n          decap {}",
+                "config:   vtep {} underlay ifindex {} udp ports {} src ports {}-{} trace {}\n          encap {}\n          decap {}",
                 c.vtep,
                 c.underlay_ifindex,
                 ports.join(","),
                 c.src_port_min,
                 c.src_port_max,
+                c.trace,
                 c.encap_flags,
                 c.decap_flags
             );

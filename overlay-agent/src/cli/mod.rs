@@ -8,6 +8,7 @@ mod map;
 mod render;
 mod run;
 mod status;
+mod trace;
 
 use anyhow::Result;
 
@@ -33,6 +34,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Remote(RemoteCommand::Del(a)) => endpoint::remote_del(&load()?, a),
         Command::Map(MapCommand::Dump(args)) => map::dump(&load()?, args),
         Command::Status(o) => status::execute(&load()?, o),
+        Command::Trace(args) => trace::execute(&load()?, args),
         Command::Down(o) => down::execute(&load()?, o),
     }
 }

@@ -47,6 +47,9 @@ pub struct ConfigRow {
     pub encap_flags: String,
     pub decap_flags: String,
     pub features: u32,
+    /// The live trace: "off", "drops" or "all" (a trace session is open).
+    #[serde(default)]
+    pub trace: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -293,6 +296,11 @@ pub fn dump(maps_dir: &Path) -> Result<MapDump, PinnedError> {
         encap_flags: flag_names(c.encap_flags),
         decap_flags: flag_names(c.decap_flags),
         features: c.features,
+        trace: match c.trace {
+            0 => "off".into(),
+            t if t & overlay_common::TRACE_ALL != 0 => "all".into(),
+            _ => "drops".into(),
+        },
     });
 
     let networks_map: HashMap<MapData, u32, NetworkValue> = typed(maps_dir, maps::NETWORKS)?;

@@ -76,6 +76,8 @@ pub struct EbpfDatapath {
     flood: HashMap<MapData, u32, FloodValue>,
     routes: routes::Routes,
     vteps: vteps::Vteps,
+    /// `OVL_CONFIG`, for switching tracing on and off.
+    config: Array<MapData, DatapathConfig>,
     pins: Pins,
     features: Features,
     kernel: String,
@@ -151,7 +153,9 @@ pub fn maps_dir(bpffs_dir: &Path) -> PathBuf {
     Pins::new(bpffs_dir).maps_dir()
 }
 
-fn write_config(ebpf: &mut Ebpf, s: &EbpfSettings, features: &Features) -> Result<(), EbpfError> {
+/// Writes the host-wide config (tracing off: a new agent starts without sessions) and
+/// returns the config map, kept to switch tracing on and off.
+fn write_config(ebpf: &mut Ebpf, s: &EbpfSettings, features: &Features) -> Result<Array<MapData, DatapathConfig>, EbpfError> {
     let mut config: Array<MapData, DatapathConfig> = take(ebpf, maps::CONFIG)?;
     let mut networks: HashMap<MapData, u32, NetworkValue> = take(ebpf, maps::NETWORKS)?;
     let mut cfg = DatapathConfig::zeroed();
@@ -184,7 +188,8 @@ fn write_config(ebpf: &mut Ebpf, s: &EbpfSettings, features: &Features) -> Resul
         cfg.features |= FEATURE_CSUM_LEVEL;
     }
     cfg.vtep = s.vtep.octets();
-    config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))
+    config.set(0, cfg, 0).map_err(map_err(maps::CONFIG))?;
+    Ok(config)
 }
 
 impl EbpfDatapath {
@@ -216,7 +221,7 @@ impl EbpfDatapath {
             }
         };
         let load::Loaded { mut ebpf, features, fresh } = loaded;
-        write_config(&mut ebpf, s, &features)?;
+        let config = write_config(&mut ebpf, s, &features)?;
         let caps = s.capacities;
         let mut dp = Self {
             neigh: Table::new(take(&mut ebpf, maps::NEIGH)?, maps::NEIGH, caps.neigh),
@@ -224,6 +229,7 @@ impl EbpfDatapath {
             endpoints: Table::new(take(&mut ebpf, maps::ENDPOINTS)?, maps::ENDPOINTS, caps.endpoints),
             flood: take(&mut ebpf, maps::FLOOD)?,
             routes: routes::Routes::new(take(&mut ebpf, maps::ROUTES)?, &s.networks)?,
+            config,
             vteps: vteps::Vteps::new(take(&mut ebpf, maps::VTEPS)?)?,
             ebpf,
             pins,
@@ -267,6 +273,17 @@ impl EbpfDatapath {
 
     pub fn features(&self) -> Features {
         self.features
+    }
+
+    /// Sets which verdicts the programs copy into the trace ring buffer (`trace`: 0,
+    /// [`overlay_common::TRACE_DROPS`] or [`overlay_common::TRACE_ALL`]), for frames from
+    /// the container behind `ifindex` only (0: all). Returns the ring buffer's pin.
+    pub fn set_trace(&mut self, trace: u32, ifindex: u32) -> Result<PathBuf, EbpfError> {
+        let mut c = self.config.get(&0, 0).map_err(map_err(maps::CONFIG))?;
+        c.trace = trace;
+        c.trace_ifindex = ifindex;
+        self.config.set(0, c, 0).map_err(map_err(maps::CONFIG))?;
+        Ok(self.pins.map(maps::TRACE))
     }
 
     /// Whether the programs still wait for their new maps to be filled.
