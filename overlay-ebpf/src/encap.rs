@@ -176,16 +176,7 @@ fn store(ctx: &TcContext, offset: usize, bytes: &[u8], flags: u64) -> Result<(),
 fn ipv4_checksum(ip: &Ipv4Hdr) -> [u8; 2] {
     // SAFETY: Ipv4Hdr is repr(C), made only of bytes and byte arrays: 20 initialised bytes.
     let bytes = unsafe { &*(&raw const *ip).cast::<[u8; Ipv4Hdr::LEN]>() };
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < Ipv4Hdr::LEN {
-        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    // Ten 16-bit words sum to less than 2^20: two folds bring the carries back in.
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
+    (!crate::parse::ipv4_header_sum(bytes)).to_be_bytes()
 }
 
 /// The outer UDP source port for a flow hash, as the kernel's `udp_flow_src_port`

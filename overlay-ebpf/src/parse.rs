@@ -50,6 +50,23 @@ pub const IPV4_IHL_NO_OPTIONS: u8 = (Ipv4Hdr::LEN / 4) as u8;
 pub const IP_FLAG_DF: u8 = 0b010;
 pub const IP_FLAG_MF: u8 = 0b001;
 
+/// The folded ones' complement sum of an IPv4 header's ten 16-bit words (RFC 1071): the
+/// checksum to write is its complement (computed with the checksum field zero), and a
+/// header with a correct checksum sums to all ones.
+#[inline(always)]
+pub fn ipv4_header_sum(bytes: &[u8; Ipv4Hdr::LEN]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < Ipv4Hdr::LEN {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    // Ten 16-bit words sum to less than 2^20: two folds bring the carries back in.
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
 /// True for broadcast and multicast MACs: the I/G bit, the least significant bit of the
 /// first octet (IEEE 802, `is_multicast_ether_addr` in include/linux/etherdevice.h).
 #[inline(always)]

@@ -80,19 +80,11 @@ pub fn inner_size(ctx: &TcContext, network: &NetworkValue) -> Result<(), Reason>
 /// `VLAN_HLEN` (include/linux/if_vlan.h).
 const VLAN_HLEN: u32 = 4;
 
-/// The RFC 1071 check: the one's complement sum of the header's 16-bit words, checksum
-/// field included, is all ones. Byte order does not matter to a one's complement sum.
+/// The RFC 1071 check: the ones' complement sum of the header's 16-bit words, checksum
+/// field included, is all ones.
 #[inline(always)]
 fn checksum_ok(header: &[u8; Ipv4Hdr::LEN]) -> bool {
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < Ipv4Hdr::LEN {
-        sum += u32::from(u16::from_ne_bytes([header[i], header[i + 1]]));
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum == 0xffff
+    crate::parse::ipv4_header_sum(header) == 0xffff
 }
 
 /// UDP length of the outer header, for [`Outer`].

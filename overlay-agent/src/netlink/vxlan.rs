@@ -66,15 +66,21 @@ pub struct NeighEntry {
     pub permanent: bool,
 }
 
-/// A permanent `self` FDB message for `mac` → `dst` on device `index`.
-fn fdb_message(index: u32, mac: [u8; 6], dst: Option<Ipv4Addr>, vni: Option<u32>, port: Option<u16>) -> NeighbourMessage {
+/// A bridge-family neighbour (FDB) message for `mac` on device `index`.
+fn bridge_fdb(index: u32, mac: [u8; 6], state: NeighbourState, flags: NeighbourFlags) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Bridge;
     m.header.ifindex = index;
-    m.header.state = NeighbourState::Permanent;
-    m.header.flags = NeighbourFlags::Own;
+    m.header.state = state;
+    m.header.flags = flags;
     m.header.kind = RouteType::Unspec;
     m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m
+}
+
+/// A permanent `self` FDB message for `mac` → `dst` on device `index`.
+fn fdb_message(index: u32, mac: [u8; 6], dst: Option<Ipv4Addr>, vni: Option<u32>, port: Option<u16>) -> NeighbourMessage {
+    let mut m = bridge_fdb(index, mac, NeighbourState::Permanent, NeighbourFlags::Own);
     if let Some(dst) = dst {
         m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
     }
@@ -174,14 +180,7 @@ impl Netlink {
     /// of sends frames for `mac` out of that port, whatever it learnt before.
     pub async fn bridge_fdb_static(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
         let target = format!("{} on bridge port #{index}", super::super::mac::MacAddr(mac));
-        let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Bridge;
-        m.header.ifindex = index;
-        m.header.state = NeighbourState::Noarp;
-        m.header.flags = NeighbourFlags::Controller;
-        m.header.kind = RouteType::Unspec;
-        m.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        let msg = RouteNetlinkMessage::NewNeighbour(m);
+        let msg = RouteNetlinkMessage::NewNeighbour(bridge_fdb(index, mac, NeighbourState::Noarp, NeighbourFlags::Controller));
         self.send_neigh(msg, NLM_F_CREATE | NLM_F_REPLACE, "bridge fdb replace", target.clone())
             .await
             .map_err(request_error("bridge fdb replace", target))
