@@ -61,6 +61,9 @@ pub fn flood(ctx: &TcContext, f: &FloodValue, skip: u32, remote: bool, dir: Dire
     redirect::through_veth(last)
 }
 
+/// `NET_XMIT_DROP` (include/linux/netdevice.h).
+const NET_XMIT_DROP: i64 = 1;
+
 /// One copy out of `ifindex`'s egress. A failed copy (the veth vanished between the
 /// agent's update and now) only loses that copy, counted: the others still go out.
 #[inline(always)]
@@ -68,7 +71,9 @@ fn clone_to(ctx: &TcContext, ifindex: u32, dir: Direction) {
     // SAFETY: a helper call on our own skb; it invalidates packet pointers, and none
     // are held across it.
     let ret = unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, 0) };
-    if ret != 0 {
+    // Negative: the copy was never sent; NET_XMIT_DROP (1): the device dropped it.
+    // NET_XMIT_CN (2) only reports congestion: the copy went out.
+    if ret < 0 || ret == NET_XMIT_DROP {
         stats::count(dir, Reason::FloodCopyFailed, ctx.len());
     }
 }

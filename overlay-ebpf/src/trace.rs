@@ -27,10 +27,16 @@ pub fn record(ctx: &TcContext, dir: Direction, reason: Reason) {
         return;
     }
     let Some(mut entry) = crate::OVL_TRACE.reserve::<TraceEvent>(0) else { return };
+    const _: () = assert!(TRACE_HEAD.is_power_of_two());
     let event = entry.as_mut_ptr();
     let bytes = ctx.len();
-    // The verifier wants a length it can prove in 1..=TRACE_HEAD for the copy below.
-    let head_len = if bytes as usize > TRACE_HEAD { TRACE_HEAD as u32 } else { bytes };
+    // The copy's length must be provably in 1..=TRACE_HEAD in the very register passed
+    // to the helper (ARG_CONST_SIZE). A bounds check on another register does not do:
+    // before 5.11 the verifier does not carry what a branch learnt to the copies of a
+    // register, and before 6.8 a `!= 0` test does not raise a lower bound. Plain
+    // arithmetic does, on every kernel: min(len, 128) - 1 masked to 0..=127, plus 1. It
+    // equals min(len, 128) for every real frame (len >= 14).
+    let head_len = ((u64::from(bytes).min(TRACE_HEAD as u64).wrapping_sub(1)) & (TRACE_HEAD as u64 - 1)) + 1;
     // SAFETY: `event` points at the reserved entry, which is ours until submitted; every
     // field but `head` is written here, `head` by the helper (and only read up to head_len).
     unsafe {
@@ -39,14 +45,9 @@ pub fn record(ctx: &TcContext, dir: Direction, reason: Reason) {
         (*event).len = bytes;
         (*event).direction = dir as u32;
         (*event).reason = reason as u32;
-        (*event).head_len = 0;
         (*event)._pad = [0; 4];
-        if head_len >= 1 && head_len <= TRACE_HEAD as u32 {
-            let ret = bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, (*event).head.as_mut_ptr().cast(), head_len);
-            if ret == 0 {
-                (*event).head_len = head_len;
-            }
-        }
+        let ret = bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, (*event).head.as_mut_ptr().cast(), head_len as u32);
+        (*event).head_len = if ret == 0 { head_len as u32 } else { 0 };
     }
     entry.submit(0);
 }

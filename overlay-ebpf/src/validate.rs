@@ -26,14 +26,16 @@ pub fn outer_headers(ctx: &TcContext, outer: &Outer) -> Result<(), Reason> {
         return Err(Reason::OuterBadChecksum);
     }
     let ip_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
-    // SAFETY: reading a field of the context the kernel passed in.
-    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
+    // SAFETY: reading a field of the context the kernel passed in (`gso_size`: 5.7+). Not
+    // `gso_segs`, which is 0 for a GSO packet whose sender left the count to the kernel
+    // (SKB_GSO_DODGY, e.g. from virtio-net or a tap).
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     // A GRO aggregate larger than 64 KiB (BIG TCP, `gro_ipv4_max_size`) has total length
     // 0 and its real length in the skb (`iph_set_totlen`, include/net/ip.h); anything
     // else, aggregated or not, says its length exactly (`inet_gro_complete` and
     // `udp_gro_complete` rewrite both fields). A VXLAN frame is at least 64 bytes, more
     // than Ethernet's minimum, so there is no legitimate padding behind it either.
-    if outer.tot_len == 0 && gso_segs > 1 {
+    if outer.tot_len == 0 && gso {
         return Ok(());
     }
     if u32::from(outer.tot_len) != ip_len
@@ -65,13 +67,13 @@ pub fn known_vtep(vni: u32, network: &NetworkValue, src: [u8; 4]) -> Result<(), 
 /// the packet to it anyway.
 #[inline(always)]
 pub fn inner_size(ctx: &TcContext, network: &NetworkValue) -> Result<(), Reason> {
-    // SAFETY: reading a field of the context the kernel passed in.
-    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
+    // SAFETY: reading a field of the context the kernel passed in (see outer_headers).
+    let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
     let inner = ctx.len().saturating_sub(vxlan::OVERHEAD);
     if inner < (EthHdr::LEN + Ipv4Hdr::LEN) as u32 {
         return Err(Reason::Malformed);
     }
-    if gso_segs <= 1 && inner > u32::from(network.mtu) + EthHdr::LEN as u32 + VLAN_HLEN {
+    if !gso && inner > u32::from(network.mtu) + EthHdr::LEN as u32 + VLAN_HLEN {
         return Err(Reason::Oversized);
     }
     Ok(())

@@ -167,6 +167,7 @@ enum Stop {
 
 /// Runs the agent until SIGTERM/SIGINT or `down`. Must be called on a tokio runtime.
 pub async fn run(config: Config) -> Result<(), AgentError> {
+    raise_memlock();
     let mut sigterm = signal(SignalKind::terminate()).map_err(|source| AgentError::Signal { source })?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|source| AgentError::Signal { source })?;
     let socket = config.socket_path();
@@ -314,6 +315,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             stop_server(server, server_stop, "the control server").await;
             result.map(drop).map_err(AgentError::from)
         }
+    }
+}
+
+/// Before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK (often 64 KiB or 8 MiB),
+/// not to the memory cgroup: lift it, as BPF loaders do, so that map creation does not
+/// fail with EPERM there. Later kernels ignore it for BPF.
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!(error = %std::io::Error::last_os_error(), "raising RLIMIT_MEMLOCK (needed for BPF maps before Linux 5.11)");
     }
 }
 

@@ -31,13 +31,18 @@ impl Agent {
             return Err(RequestError::TraceNeedsEbpf);
         };
         let flags = if spec.all { TRACE_ALL } else { TRACE_DROPS };
+        // The programs stamp events with bpf_ktime_get_ns, CLOCK_MONOTONIC.
+        let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: a plain syscall writing into `now`; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+        let since_ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
         let ring = dp.set_trace(flags, ifindex.unwrap_or(0)).map_err(crate::datapath::DatapathError::from)?;
         self.tracing = true;
         info!(all = spec.all, endpoint = ?spec.endpoint, "trace session started");
         let mut udp_ports: Vec<u16> = self.config.networks.iter().map(|n| n.udp_port).collect();
         udp_ports.sort_unstable();
         udp_ports.dedup();
-        Ok(TraceInfo { ring, ifindex, udp_ports })
+        Ok(TraceInfo { ring, ifindex, udp_ports, since_ns })
     }
 
     /// Ends the session, if one is open (tracing off in the programs).

@@ -123,6 +123,10 @@ pub struct TraceInfo {
     pub ifindex: Option<u32>,
     /// The VXLAN UDP ports in use (to tell VXLAN apart in the frames' heads).
     pub udp_ports: Vec<u16>,
+    /// `CLOCK_MONOTONIC` when the session started: events before it are an earlier
+    /// session's, still in the ring.
+    #[serde(default)]
+    pub since_ns: u64,
 }
 
 /// Where an endpoint lives, as `endpoint list` shows it.

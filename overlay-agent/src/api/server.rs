@@ -177,15 +177,19 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
             Ok(Request::TraceStop) => Response::error("malformed request: TraceStop is not a client request"),
             Ok(request) => call(&calls, request).await,
         };
-        reply(&mut write, &response).await?;
+        let written = reply(&mut write, &response).await;
         if matches!(response, Response::Trace(_)) {
             // A trace session lasts as long as this connection: wait for the client to
-            // close it (or die), however long that takes, then switch tracing off.
-            let mut rest = [0u8; 256];
-            while matches!(reader.read(&mut rest).await, Ok(n) if n > 0) {}
+            // close it (or die), however long that takes, then switch tracing off; at
+            // once if the client was gone before the reply could be written.
+            if written.is_ok() {
+                let mut rest = [0u8; 256];
+                while matches!(reader.read(&mut rest).await, Ok(n) if n > 0) {}
+            }
             let _ended = call(&calls, Request::TraceStop).await;
-            return Ok(());
+            return written;
         }
+        written?;
     }
 }
 

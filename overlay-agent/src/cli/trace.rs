@@ -173,6 +173,10 @@ pub fn execute(config: &Config, args: TraceArgs) -> Result<()> {
             // ring's 8-byte alignment being all the struct needs anyway.
             let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) };
             drop(item);
+            // Left in the ring by an earlier session (written before it was switched off).
+            if event.ts_ns < info.since_ns {
+                continue;
+            }
             let line = decode(&event, &info.udp_ports);
             // The programs filter the container side by veth; the underlay side is
             // filtered here by the endpoint's address.

@@ -254,8 +254,12 @@ impl Counter {
     }
 }
 
-/// "forwarded", "passed" or "dropped".
+/// "forwarded", "passed" or "dropped"; "event" for the counts that are not a packet's
+/// verdict (lost flood copies), so that summing the dropped verdicts counts packets.
 pub fn verdict(reason: Reason) -> &'static str {
+    if !reason.is_verdict() {
+        return "event";
+    }
     match reason.kind() {
         ReasonKind::Forwarded => "forwarded",
         ReasonKind::Passed => "passed",

@@ -176,11 +176,13 @@ impl Netlink {
             .map_err(request_error("fdb replace", target))
     }
 
-    /// `bridge fdb replace MAC dev PORT master static`: the bridge that `index` is a port
-    /// of sends frames for `mac` out of that port, whatever it learnt before.
+    /// `bridge fdb replace MAC dev PORT master static sticky`: the bridge that `index` is
+    /// a port of sends frames for `mac` out of that port, whatever it learnt before, and
+    /// does not move the entry when it sees the MAC elsewhere (sticky, 5.5+); the entry
+    /// goes with the port.
     pub async fn bridge_fdb_static(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
         let target = format!("{} on bridge port #{index}", super::super::mac::MacAddr(mac));
-        let msg = RouteNetlinkMessage::NewNeighbour(bridge_fdb(index, mac, NeighbourState::Noarp, NeighbourFlags::Controller));
+        let msg = RouteNetlinkMessage::NewNeighbour(bridge_fdb(index, mac, NeighbourState::Noarp, NeighbourFlags::Controller | NeighbourFlags::Sticky));
         self.send_neigh(msg, NLM_F_CREATE | NLM_F_REPLACE, "bridge fdb replace", target.clone())
             .await
             .map_err(request_error("bridge fdb replace", target))

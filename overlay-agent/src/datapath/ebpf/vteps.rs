@@ -49,10 +49,18 @@ impl Vteps {
         for vni in vnis {
             let mut want = if d.serves(vni) { d.vteps(vni) } else { BTreeSet::new() };
             let have = self.installed.remove(&vni).unwrap_or_default();
+            let mut refused = Vec::new();
             for &vtep in want.difference(&have) {
                 if self.table.upsert(key(vni, vtep), 1)? {
                     changed += 1;
+                } else {
+                    // The map is full: not installed, so tried again with the network's
+                    // next change (and counted in `status` as not installed).
+                    refused.push(vtep);
                 }
+            }
+            for vtep in refused {
+                want.remove(&vtep);
             }
             if synced {
                 for &vtep in have.difference(&want) {

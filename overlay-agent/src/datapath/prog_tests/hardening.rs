@@ -140,10 +140,16 @@ fn outer_headers_are_validated_before_decapsulation() {
     let mut trailing = wire.clone();
     trailing.extend_from_slice(&[0xaa; 4]);
     expect(&p, programs::FROM_UNDERLAY, &trailing, TC_ACT_SHOT, Reason::OuterBadLength);
-    // A VXLAN packet with no payload at all.
+    // A VXLAN packet with no payload at all, and inner frames too short for an IPv4
+    // header (an Ethernet header alone; one byte short of Ethernet + 20).
     let mut empty = wire[..42].to_vec();
     fix_lengths(&mut empty);
     expect(&p, programs::FROM_UNDERLAY, &empty, TC_ACT_SHOT, Reason::Malformed);
+    for inner_len in [14, 33] {
+        let mut short = wire[..50 + inner_len].to_vec();
+        fix_lengths(&mut short);
+        expect(&p, programs::FROM_UNDERLAY, &short, TC_ACT_SHOT, Reason::Malformed);
+    }
     // IP options: the kernel's (its own checks run there).
     let mut options = wire[..34].to_vec();
     options[14] = 0x46;
