@@ -47,6 +47,9 @@ fn count_files(dir: &Path) -> usize {
 
 fn footprint(lab: &Lab, i: usize) -> Footprint {
     let pid = lab.nodes[i].agent.as_ref().and_then(|a| a.pid()).expect("agent running");
+    // Descriptors first: `map dump` below opens a control connection that the agent
+    // closes a moment after the CLI has gone.
+    let fds = count_files(Path::new(&format!("/proc/{pid}/fd")));
     let links = lab.host(i).ns.netlink(|nl| async move { nl.links().await.unwrap() });
     let d = lab.dump(i);
     Footprint {
@@ -55,7 +58,7 @@ fn footprint(lab: &Lab, i: usize) -> Footprint {
         neighbours: d.neighbours.len(),
         fdb: d.fdb.len(),
         pins: count_files(&lab.nodes[i].bpffs_dir),
-        fds: count_files(Path::new(&format!("/proc/{pid}/fd"))),
+        fds,
     }
 }
 

@@ -301,6 +301,13 @@ impl Agent {
             }
         };
         let ep = LocalEndpoint { vni: net.vni, ip, mac, ifindex: plugged.host_ifindex, ifname: plugged.host_ifname.clone() };
+        // Kernel mode: the veth's anti-spoofing rules before it joins the bridge, so the
+        // container never sends unchecked (the eBPF program checks from its first frame).
+        if let Err(e) = self.guard_before_attach(&ep) {
+            self.undo_plug(&ep).await;
+            self.undo_claim(net.vni, ip).await;
+            return Err(e.into());
+        }
         self.desired.add_local(ep.clone());
         let attached = match self.flush().await {
             Ok(()) => self.datapath.attach_endpoint(&ep).await,
