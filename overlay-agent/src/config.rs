@@ -619,14 +619,7 @@ path = "/tmp/store"
 
     /// The error with its causes, as the CLI prints it.
     fn err_of(text: &str) -> String {
-        let e = Config::parse(text).unwrap_err();
-        let mut out = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            out += &format!(": {s}");
-            source = s.source();
-        }
-        out
+        crate::with_causes(&Config::parse(text).unwrap_err())
     }
 
     #[test]

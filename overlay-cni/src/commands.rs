@@ -57,7 +57,7 @@ pub struct Call<'a> {
 impl<'a> Call<'a> {
     pub fn new(conf: &'a NetConf, raw: &'a [u8], env: &'a Env) -> Result<Call<'a>, CniError> {
         let path = conf.agent_config.clone().unwrap_or_else(|| PathBuf::from(overlay_agent::paths::DEFAULT_CONFIG));
-        let agent = Config::load(&path).map_err(|e| CniError::new(code::INVALID_CONFIG, format!("agentConfig: {}", with_causes(&e))))?;
+        let agent = Config::load(&path).map_err(|e| CniError::new(code::INVALID_CONFIG, format!("agentConfig: {}", overlay_agent::with_causes(&e))))?;
         if agent.network(conf.network()).is_none() {
             let served: Vec<&str> = agent.networks.iter().map(|n| n.name.as_str()).collect();
             return Err(CniError::new(
@@ -250,15 +250,4 @@ impl<'a> Call<'a> {
 
 fn unexpected(r: &Response) -> CniError {
     CniError::new(code::IO, format!("unexpected answer from the agent: {r:?}"))
-}
-
-/// An error and its causes in one line (`Display` of a typed error leaves its source out).
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out += &format!(": {s}");
-        source = s.source();
-    }
-    out
 }

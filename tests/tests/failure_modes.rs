@@ -62,14 +62,23 @@ fn the_mtu_boundary_holds_for_jumbo_and_small_underlays() {
     }
 }
 
-/// `ethtool -K IFACE FEATURE off` in `ns`.
-fn feature_off(ns: &NetNs, iface: &str, feature: &str) {
+/// `ethtool -K IFACE FEATURE on|off` in `ns`.
+fn ethtool_feature(ns: &NetNs, iface: &str, feature: &str, state: &str) {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.path().display()))
-        .args(["ethtool", "-K", iface, feature, "off"])
+        .args(["ethtool", "-K", iface, feature, state])
         .output()
         .expect("nsenter + ethtool (util-linux, ethtool)");
-    assert!(out.status.success(), "ethtool -K {iface} {feature} off in {}: {}", ns.name(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ethtool -K {iface} {feature} {state} in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn feature_off(ns: &NetNs, iface: &str, feature: &str) {
+    ethtool_feature(ns, iface, feature, "off");
 }
 
 #[test]
@@ -96,16 +105,6 @@ fn tcp_stays_intact_with_checksum_offload_off() {
     }
 }
 
-/// `ethtool -K IFACE FEATURE on` in `ns`.
-fn feature_on(ns: &NetNs, iface: &str, feature: &str) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.path().display()))
-        .args(["ethtool", "-K", iface, feature, "on"])
-        .output()
-        .expect("nsenter + ethtool (util-linux, ethtool)");
-    assert!(out.status.success(), "ethtool -K {iface} {feature} on in {}: {}", ns.name(), String::from_utf8_lossy(&out.stderr));
-}
-
 #[test]
 fn gro_still_aggregates_on_the_receiving_side() {
     require_root();
@@ -119,7 +118,7 @@ fn gro_still_aggregates_on_the_receiving_side() {
     for feature in ["tso", "gso"] {
         feature_off(&lab.host(0).ns, UL_IF, feature);
     }
-    feature_on(&lab.host(1).ns, UL_IF, "gro");
+    ethtool_feature(&lab.host(1).ns, UL_IF, "gro", "on");
     let capture = Capture::start(&b.ns, "eth0");
     let bytes = 4 << 20;
     let t = tcp_transfer(&b.ns, b.ip, &a.ns, bytes);

@@ -44,6 +44,11 @@ pub enum ClientError {
 }
 
 pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    session(socket, request).map(|(_, response)| response)
+}
+
+/// [`call`], keeping the connection: a trace session lasts as long as it stays open.
+pub fn session(socket: &Path, request: &Request) -> Result<(UnixStream, Response), ClientError> {
     let io = |source| ClientError::Io { path: socket.to_owned(), source };
     let mut stream = UnixStream::connect(socket).map_err(|source| match source.kind() {
         std::io::ErrorKind::PermissionDenied => ClientError::Denied { path: socket.to_owned() },
@@ -58,5 +63,6 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     if reply.is_empty() {
         return Err(ClientError::NoReply { path: socket.to_owned() });
     }
-    serde_json::from_str(&reply).map_err(|source| ClientError::Decode { path: socket.to_owned(), source })
+    let response = serde_json::from_str(&reply).map_err(|source| ClientError::Decode { path: socket.to_owned(), source })?;
+    Ok((stream, response))
 }

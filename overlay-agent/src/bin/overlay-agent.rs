@@ -43,23 +43,8 @@ fn main() -> std::process::ExitCode {
     match overlay_agent::cli::execute(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", message(&e));
+            eprintln!("error: {}", overlay_agent::with_causes(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, each cause once: many errors already name
-/// their cause in their own message (to say what to do about it), and repeating it
-/// would only add noise.
-fn message(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out += ": ";
-            out += &text;
-        }
-    }
-    out
 }

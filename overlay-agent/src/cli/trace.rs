@@ -5,7 +5,7 @@
 //! connection closes.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::Ipv4Addr,
     os::{fd::AsRawFd as _, unix::net::UnixStream},
 };
@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::args::TraceArgs;
 use crate::{
-    api::{Request, Response, TraceInfo, TraceSpec},
+    api::{Request, Response, TraceInfo, TraceSpec, client},
     config::Config,
     datapath::pinned::verdict,
     mac::MacAddr,
@@ -132,18 +132,10 @@ fn text(l: &TraceLine) -> String {
 
 /// Opens the session: the request on a connection kept open until this process ends.
 fn open(config: &Config, spec: TraceSpec) -> Result<(UnixStream, TraceInfo)> {
-    let path = config.socket_path();
-    let mut stream = UnixStream::connect(&path)
-        .with_context(|| format!("cannot reach the agent at {}; is `overlay-agent run` running with this config?", path.display()))?;
-    let mut line = serde_json::to_vec(&Request::Trace(spec))?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply)?;
-    match serde_json::from_str::<Response>(&reply).with_context(|| format!("a reply the agent should not send: {reply}"))? {
-        Response::Trace(info) => Ok((stream, info)),
-        Response::Error { message, .. } => bail!("{message}"),
-        other => bail!("unexpected reply from the agent: {other:?}"),
+    match client::session(&config.socket_path(), &Request::Trace(spec))? {
+        (stream, Response::Trace(info)) => Ok((stream, info)),
+        (_, Response::Error { message, .. }) => bail!("{message}"),
+        (_, other) => bail!("unexpected reply from the agent: {other:?}"),
     }
 }
 
