@@ -75,6 +75,7 @@ impl Agent {
             static_endpoints: self.desired.statics().count(),
             store: StoreInfo {
                 backend: self.kv.describe(),
+                member: self.kv.member(),
                 state,
                 disconnected_since: since,
                 lease: (self.lease != 0).then(|| format!("{:x}", self.lease)),

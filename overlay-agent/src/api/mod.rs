@@ -215,6 +215,9 @@ pub struct StoreInfo {
     pub backend: String,
     /// `connected`, or `disconnected`.
     pub state: String,
+    /// The etcd member requests go to now (the next one takes over when it fails).
+    #[serde(default)]
+    pub member: Option<String>,
     /// Since when disconnected (RFC 3339, UTC).
     pub disconnected_since: Option<String>,
     /// The node's lease, in hex (etcd's notation), `None` before registration.

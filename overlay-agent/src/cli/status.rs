@@ -23,10 +23,13 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
     println!("vtep:      {} on {} (mtu {})", s.vtep, s.underlay_interface, s.underlay_mtu);
     println!("datapath:  {} ({})", s.datapath.mode, s.datapath.detail);
     let st = &s.store;
-    let conn = match &st.disconnected_since {
+    let mut conn = match &st.disconnected_since {
         Some(since) => format!("disconnected since {since}"),
         None => st.state.clone(),
     };
+    if let Some(member) = &st.member {
+        conn = format!("{conn} via {member}");
+    }
     println!(
         "store:     {} ({conn}; lease {} ttl {}s; {}{}; {} static endpoints{})",
         st.backend,

@@ -127,6 +127,11 @@ pub trait Kv: Clone + Send + Sync + 'static {
     /// Backend and location, for `status` and logs.
     fn describe(&self) -> String;
 
+    /// The server requests go to now, where the backend has several (etcd's members).
+    fn member(&self) -> Option<String> {
+        None
+    }
+
     /// Applies `txn` atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, StoreError>> + Send;
 

@@ -128,6 +128,10 @@ impl Kv for AnyKv {
         each!(self, k => k.describe())
     }
 
+    fn member(&self) -> Option<String> {
+        each!(self, k => k.member())
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         each!(self, k => k.txn(txn).await)
     }

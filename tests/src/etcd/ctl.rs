@@ -50,6 +50,19 @@ impl EtcdCluster {
         parse_status(&out.stdout).unwrap_or_else(|e| panic!("{e}; etcdctl said:\n{}", out.stdout))
     }
 
+    /// Hands leadership to member `to` (`etcdctl move-leader`) and waits until every
+    /// running member agrees; panics if it does not happen.
+    pub fn move_leader(&self, to: usize) {
+        let target = self
+            .endpoint_status()
+            .into_iter()
+            .find(|s| s.endpoint == self.endpoint(to))
+            .unwrap_or_else(|| panic!("etcd member {to} is not running"));
+        self.etcdctl(&["move-leader", &format!("{:x}", target.member_id)]).assert_success();
+        let leader = self.wait_healthy();
+        assert_eq!(leader, to, "leadership did not move to member {to}");
+    }
+
     /// Puts `key` = `value`; panics if etcdctl fails.
     pub fn put(&self, key: &str, value: &str) {
         self.etcdctl(&["put", "--", key, value]).assert_success();

@@ -1,6 +1,7 @@
-//! The `etcd` backend of [`Kv`]: etcd v3 through the `etcd-client` crate (tonic gRPC,
-//! balanced over every configured endpoint, so one member going away costs at most a
-//! retried request).
+//! The `etcd` backend of [`Kv`]: etcd v3 through the `etcd-client` crate (tonic gRPC),
+//! one member at a time with failover to the next ([`members`]): a member going away
+//! costs a retried read (at once, on the next member) or a transaction the caller
+//! retries, and a watch resumes on the next member.
 //!
 //! Following a range is list-then-watch: a paginated list at one revision, then a watch
 //! from the next revision, so nothing between the two is missed and nothing polls. A
@@ -9,7 +10,10 @@
 //! receiver computes the adds and deletes it missed. Every request and watch feeds the
 //! connection state that `status` shows; each change of state is logged once.
 
+mod members;
+
 use std::{
+    future::Future,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -60,7 +64,7 @@ pub struct EtcdTls {
 
 #[derive(Clone)]
 pub struct EtcdKv {
-    client: Client,
+    members: members::Members,
     endpoints: String,
     conn: Arc<watch::Sender<Connection>>,
 }
@@ -87,15 +91,52 @@ impl EtcdKv {
             let identity = Identity::from_pem(read_pem(&tls.cert_file)?, read_pem(&tls.key_file)?);
             options = options.with_tls(TlsOptions::new().ca_certificate(ca).identity(identity));
         }
-        let client = Client::connect(&s.endpoints, Some(options))
-            .await
-            .map_err(|source| StoreError::Etcd { op: "configuring the client", source })?;
+        let members = members::Members::connect(&s.endpoints, &options).await?;
         let (tx, _) = watch::channel(Connection::Connecting);
-        Ok(Self { client, endpoints: s.endpoints.join(","), conn: Arc::new(tx) })
+        Ok(Self { members, endpoints: s.endpoints.join(","), conn: Arc::new(tx) })
     }
 
-    /// Records how a request went, logging each change of connection state once.
-    fn track<T>(&self, op: &'static str, res: Result<T, etcd_client::Error>) -> Result<T, StoreError> {
+    /// Runs a request that is safe to repeat (a read, a lease grant, renewal or
+    /// revocation) on the member in use, and on the next ones while it fails in a way
+    /// that another member may not (down, unreachable, without a leader).
+    async fn on_any<T, F, Fut>(&self, op: &'static str, mut request: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut tries = self.members.len();
+        loop {
+            let (i, client) = self.members.pick();
+            tries -= 1;
+            match request(client).await {
+                Err(source) if tries > 0 => {
+                    let e = StoreError::Etcd { op, source };
+                    if !e.is_transient() {
+                        return Err(e);
+                    }
+                    self.members.failed(i, &e);
+                }
+                res => return self.track(i, op, res),
+            }
+        }
+    }
+
+    /// Runs a request once, on the member in use: a transaction, since repeating one
+    /// whose answer was lost could apply it twice (its caller retries, knowing what
+    /// it wrote).
+    async fn on_pinned<T, F, Fut>(&self, op: &'static str, request: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let (i, client) = self.members.pick();
+        let res = request(client).await;
+        self.track(i, op, res)
+    }
+
+    /// Records how a request to member `i` went: a failure hands over to the next
+    /// member; each change of connection state is logged once.
+    fn track<T>(&self, i: usize, op: &'static str, res: Result<T, etcd_client::Error>) -> Result<T, StoreError> {
         match res {
             Ok(v) => {
                 self.conn.send_if_modified(|c| {
@@ -111,6 +152,7 @@ impl EtcdKv {
             }
             Err(source) => {
                 let e = StoreError::Etcd { op, source };
+                self.members.failed(i, &e);
                 if e.is_transient() {
                     self.disconnected(&e);
                 }
@@ -133,29 +175,34 @@ impl EtcdKv {
 
     /// A paginated list of `[start, end)` at one revision; returns that revision.
     async fn list_range(&self, start: &str, end: &str) -> Result<(i64, Vec<KeyValue>), StoreError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-        let mut from = start.as_bytes().to_vec();
-        let mut revision = 0;
-        let mut out = Vec::new();
-        loop {
-            let mut opts = GetOptions::new().with_range(end).with_limit(PAGE);
-            if revision != 0 {
-                opts = opts.with_revision(revision);
-            }
-            let mut resp = self.track("listing", kv.get(from.clone(), Some(opts)).await)?;
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            if let Some(last) = kvs.last() {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            out.extend(kvs.into_iter().filter_map(convert));
-            if !more {
-                return Ok((revision, out));
-            }
+        self.on_any("listing", |client| list_pages(client, start, end)).await
+    }
+}
+
+/// The pages of one list, all from one member.
+async fn list_pages(client: Client, start: &str, end: &str) -> Result<(i64, Vec<KeyValue>), etcd_client::Error> {
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut from = start.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut out = Vec::new();
+    loop {
+        let mut opts = GetOptions::new().with_range(end).with_limit(PAGE);
+        if revision != 0 {
+            opts = opts.with_revision(revision);
+        }
+        let mut resp = kv.get(from.clone(), Some(opts)).await?;
+        if revision == 0 {
+            revision = resp.header().map_or(0, |h| h.revision());
+        }
+        let more = resp.more();
+        let kvs = resp.take_kvs();
+        if let Some(last) = kvs.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        out.extend(kvs.into_iter().filter_map(convert));
+        if !more {
+            return Ok((revision, out));
         }
     }
 }
@@ -195,6 +242,10 @@ impl Kv for EtcdKv {
         format!("etcd {}", self.endpoints)
     }
 
+    fn member(&self) -> Option<String> {
+        Some(self.members.current().to_owned())
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let compares: Vec<_> = txn.conds.iter().map(compare).collect();
         let mut ops: Vec<_> = txn
@@ -209,7 +260,7 @@ impl Kv for EtcdKv {
         // When a condition fails, read every compared key to say which and why.
         let reads: Vec<_> = txn.conds.iter().map(|c| TxnOp::get(c.key(), None)).collect();
         let request = etcd_client::Txn::new().when(compares).and_then(ops).or_else(reads);
-        let resp = self.track("transaction", self.client.kv_client().txn(request).await)?;
+        let resp = self.on_pinned("transaction", |c| async move { c.kv_client().txn(request).await }).await?;
         if resp.succeeded() {
             return Ok(TxnOutcome::Applied);
         }
@@ -229,7 +280,7 @@ impl Kv for EtcdKv {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut resp = self.track("reading", self.client.kv_client().get(key, None).await)?;
+        let mut resp = self.on_any("reading", |c| async move { c.kv_client().get(key, None).await }).await?;
         Ok(resp.take_kvs().into_iter().next().and_then(convert))
     }
 
@@ -240,33 +291,36 @@ impl Kv for EtcdKv {
 
     async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_secs().max(1) as i64;
-        let resp = self.track("granting a lease", self.client.lease_client().grant(secs, None).await)?;
+        let resp = self.on_any("granting a lease", |c| async move { c.lease_client().grant(secs, None).await }).await?;
         Ok(resp.id())
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<bool, StoreError> {
-        let mut client = self.client.lease_client();
-        // Opening the keep-alive stream sends one renewal and waits for its answer
-        // (bounded here: a stream on a dead connection would wait forever).
-        let renewed = tokio::time::timeout(REQUEST_TIMEOUT, client.keep_alive(lease))
-            .await
-            .unwrap_or(Err(etcd_client::Error::IoError(std::io::ErrorKind::TimedOut.into())));
-        match renewed {
-            Ok(_keeper) => self.track("renewing the lease", Ok(true)),
-            // etcd answers TTL 0 for a lease it no longer has; the client calls that "lease
-            // not found". The store answered: it is reachable.
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
-                self.track("renewing the lease", Ok(false))
+        self.on_any("renewing the lease", |c| async move {
+            // Opening the keep-alive stream sends one renewal and waits for its answer
+            // (bounded here: a stream on a dead connection would wait forever).
+            let renewed = tokio::time::timeout(REQUEST_TIMEOUT, c.lease_client().keep_alive(lease))
+                .await
+                .unwrap_or(Err(etcd_client::Error::IoError(std::io::ErrorKind::TimedOut.into())));
+            match renewed {
+                Ok(_keeper) => Ok(true),
+                // etcd answers TTL 0 for a lease it no longer has; the client calls that
+                // "lease not found". The store answered: it is reachable.
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => Ok(false),
+                Err(e) => Err(e),
             }
-            Err(e) => self.track("renewing the lease", Err(e)),
-        }
+        })
+        .await
     }
 
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
-        match self.client.lease_client().revoke(lease).await {
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => Ok(()),
-            res => self.track("revoking the lease", res).map(drop),
-        }
+        self.on_any("revoking the lease", |c| async move {
+            match c.lease_client().revoke(lease).await {
+                Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => Ok(()),
+                res => res.map(drop),
+            }
+        })
+        .await
     }
 
     fn watch(&self, start: String, end: String) -> mpsc::Receiver<WatchEvent> {
@@ -346,15 +400,21 @@ impl EtcdKv {
         backoff: &mut Backoff,
     ) -> WatchEnd {
         let opts = WatchOptions::new().with_range(end).with_start_revision(*next).with_progress_notify();
-        let mut client = self.client.watch_client().max_decoding_message_size(MAX_MESSAGE);
-        let mut stream = match self.track("watching", client.watch(start, Some(opts)).await) {
+        let (member, client) = self.members.pick();
+        let mut client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        let mut stream = match self.track(member, "watching", client.watch(start, Some(opts)).await) {
             Ok(s) => s,
             Err(e) => return WatchEnd::Broken(e),
         };
         loop {
-            let resp = match self.track("watching", stream.message().await) {
+            let resp = match self.track(member, "watching", stream.message().await) {
                 Ok(Some(r)) => r,
-                Ok(None) => return WatchEnd::Broken(StoreError::Unanswered { op: "watching" }),
+                Ok(None) => {
+                    // The member closed the stream (it is stopping): resume elsewhere.
+                    let e = StoreError::Unanswered { op: "watching" };
+                    self.members.failed(member, &e);
+                    return WatchEnd::Broken(e);
+                }
                 Err(e) => return WatchEnd::Broken(e),
             };
             backoff.reset();
@@ -362,7 +422,10 @@ impl EtcdKv {
                 return WatchEnd::Compacted;
             }
             if resp.canceled() {
-                return WatchEnd::Broken(StoreError::WatchCanceled { reason: resp.cancel_reason().to_owned() });
+                // With `require_leader`, a member that lost its leader cancels its watches.
+                let e = StoreError::WatchCanceled { reason: resp.cancel_reason().to_owned() };
+                self.members.failed(member, &e);
+                return WatchEnd::Broken(e);
             }
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
