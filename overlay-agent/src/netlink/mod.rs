@@ -17,13 +17,8 @@ use std::{
 
 use futures::TryStreamExt;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
-    packet_route::{
-        AddressFamily,
-        address::{AddressAttribute, AddressMessage},
-        link::{self, LinkAttribute, LinkFlags, LinkMessage},
-        route::RouteScope,
-    },
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    packet_route::link::{self, LinkAttribute, LinkFlags, LinkMessage},
 };
 use tracing::debug;
 
@@ -125,15 +120,6 @@ fn validate_ifname(name: &str) -> Result<(), NetlinkError> {
         });
     }
     Ok(())
-}
-
-/// The message of `ip route ... blackhole DST/LEN`.
-fn blackhole_route(dst: Ipv4Addr, prefix_len: u8) -> Result<rtnetlink::packet_route::route::RouteMessage, NetlinkError> {
-    validate_prefix_len(prefix_len)?;
-    Ok(RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dst, prefix_len)
-        .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
-        .build())
 }
 
 fn validate_prefix_len(prefix_len: u8) -> Result<(), NetlinkError> {
@@ -427,131 +413,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// Adds `address/prefix_len` to link `index`. Idempotent: Ok if it is
-    /// already there.
-    pub async fn add_address(
-        &self,
-        index: u32,
-        address: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
-        self.add_address_flagged(index, address, prefix_len, false).await
-    }
-
-    /// Adds `address/prefix_len` to link `index` without the prefix route the kernel
-    /// would add to `main` (`noprefixroute`). Idempotent.
-    pub async fn add_address_noprefixroute(&self, index: u32, address: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
-        self.add_address_flagged(index, address, prefix_len, true).await
-    }
-
-    async fn add_address_flagged(&self, index: u32, address: Ipv4Addr, prefix_len: u8, noprefixroute: bool) -> Result<(), NetlinkError> {
-        validate_prefix_len(prefix_len)?;
-        let mut req = self.handle.address().add(index, IpAddr::V4(address), prefix_len);
-        if noprefixroute {
-            req.message_mut().attributes.push(AddressAttribute::Flags(rtnetlink::packet_route::address::AddressFlags::Noprefixroute));
-        }
-        let result = req.execute().await;
-        let target = format!("{address}/{prefix_len}{} on #{index}", if noprefixroute { " noprefixroute" } else { "" });
-        if idempotent(result, &[libc::EEXIST], "add address", target)? {
-            debug!(index, %address, prefix_len, noprefixroute, "added address");
-        }
-        Ok(())
-    }
-
-    /// The kernel's IPv4 address messages of link `index`.
-    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, NetlinkError> {
-        let mut request = self.handle.address().get().set_link_index_filter(index);
-        request.message_mut().header.family = AddressFamily::Inet;
-        request.execute().try_collect().await.map_err(request_error("dump addresses", format!("of #{index}")))
-    }
-
-    /// Removes `address/prefix_len` from link `index`; fine if it is not there.
-    pub async fn del_address(&self, index: u32, address: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
-        validate_prefix_len(prefix_len)?;
-        for m in self.address_messages(index).await? {
-            let matches = m.header.prefix_len == prefix_len
-                && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == address));
-            if matches {
-                let result = self.handle.address().del(m).execute().await;
-                idempotent(result, &[libc::EADDRNOTAVAIL, libc::ENOENT], "delete address", format!("{address}/{prefix_len} on #{index}"))?;
-                debug!(index, %address, prefix_len, "deleted address");
-            }
-        }
-        Ok(())
-    }
-
-    /// The IPv4 addresses of link `index`, with their prefix lengths, in the
-    /// kernel's order (primary first).
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        Ok(self
-            .address_messages(index)
-            .await?
-            .iter()
-            .filter(|message| message.header.family == AddressFamily::Inet)
-            .filter_map(|message| {
-                // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
-                // peer's on point-to-point links.
-                let mut local = None;
-                let mut address = None;
-                for attribute in &message.attributes {
-                    match attribute {
-                        AddressAttribute::Local(IpAddr::V4(ip)) => local = Some(*ip),
-                        AddressAttribute::Address(IpAddr::V4(ip)) => address = Some(*ip),
-                        _ => {}
-                    }
-                }
-                local.or(address).map(|ip| (ip, message.header.prefix_len))
-            })
-            .collect())
-    }
-
-    /// The first (primary) IPv4 address of link `index`.
-    pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>, NetlinkError> {
-        Ok(self.addresses(index).await?.first().map(|(ip, _)| *ip))
-    }
-
-    /// Adds a route to `dst/prefix_len` in the main table, via `gateway`
-    /// and/or out of `oif` (without a gateway it is a link-scope route, like
-    /// `ip route add DST dev IF`). `dst` must have no host bits set.
-    /// Idempotent: Ok if the same route exists.
-    pub async fn add_route(
-        &self,
-        dst: Ipv4Addr,
-        prefix_len: u8,
-        gateway: Option<Ipv4Addr>,
-        oif: Option<u32>,
-    ) -> Result<(), NetlinkError> {
-        validate_prefix_len(prefix_len)?;
-        let mut builder =
-            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix_len);
-        match (gateway, oif) {
-            (None, None) => return Err(NetlinkError::RouteWithoutNextHop { dst, prefix_len }),
-            (Some(gateway), _) => builder = builder.gateway(gateway),
-            (None, Some(_)) => builder = builder.scope(RouteScope::Link),
-        }
-        if let Some(oif) = oif {
-            builder = builder.output_interface(oif);
-        }
-        let result = self.handle.route().add(builder.build()).execute().await;
-        if idempotent(result, &[libc::EEXIST], "add route", format!("{dst}/{prefix_len}"))? {
-            debug!(%dst, prefix_len, ?gateway, ?oif, "added route");
-        }
-        Ok(())
-    }
-
-    /// `ip route add blackhole DST/LEN`: traffic to it is dropped (tests use it to cut a
-    /// host off from one address). Idempotent.
-    pub async fn add_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
-        let result = self.handle.route().add(blackhole_route(dst, prefix_len)?).execute().await;
-        idempotent(result, &[libc::EEXIST], "add blackhole route", format!("{dst}/{prefix_len}")).map(drop)
-    }
-
-    /// Removes a route added by [`Netlink::add_blackhole_route`]; fine if it is gone.
-    pub async fn del_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
-        let result = self.handle.route().del(blackhole_route(dst, prefix_len)?).execute().await;
-        idempotent(result, &[libc::ESRCH, libc::ENOENT], "delete blackhole route", format!("{dst}/{prefix_len}")).map(drop)
-    }
-
     /// Adds (or replaces) a permanent ARP entry `address` -> `mac` on link
     /// `index`, like `ip neigh replace ADDRESS lladdr MAC dev IF nud permanent`.
     pub async fn add_neighbour(
@@ -588,6 +449,7 @@ impl Netlink {
     }
 }
 
+mod addresses;
 mod routes;
 pub mod vxlan;
 pub use vxlan::{FdbEntry, NeighEntry, VxlanInfo, VxlanSpec};

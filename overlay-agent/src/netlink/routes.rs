@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use futures::TryStreamExt;
 use rtnetlink::{
     RouteMessageBuilder,
-    packet_route::route::{RouteAddress, RouteAttribute},
+    packet_route::route::{RouteAddress, RouteAttribute, RouteScope},
 };
 use tracing::debug;
 
@@ -94,5 +94,60 @@ impl Netlink {
                 via.map(|v| (dst, m.header.destination_prefix_length, v))
             })
             .collect())
+    }
+}
+
+/// The message of `ip route ... blackhole DST/LEN`.
+fn blackhole_route(dst: Ipv4Addr, prefix_len: u8) -> Result<rtnetlink::packet_route::route::RouteMessage, NetlinkError> {
+    validate_prefix_len(prefix_len)?;
+    Ok(RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, prefix_len)
+        .kind(rtnetlink::packet_route::route::RouteType::BlackHole)
+        .build())
+}
+
+/// Routes of the main table (`ip route add`) and blackhole routes (the tests' way to cut a
+/// host off from a peer).
+impl Netlink {
+    /// Adds a route to `dst/prefix_len` in the main table, via `gateway`
+    /// and/or out of `oif` (without a gateway it is a link-scope route, like
+    /// `ip route add DST dev IF`). `dst` must have no host bits set.
+    /// Idempotent: Ok if the same route exists.
+    pub async fn add_route(
+        &self,
+        dst: Ipv4Addr,
+        prefix_len: u8,
+        gateway: Option<Ipv4Addr>,
+        oif: Option<u32>,
+    ) -> Result<(), NetlinkError> {
+        validate_prefix_len(prefix_len)?;
+        let mut builder =
+            RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, prefix_len);
+        match (gateway, oif) {
+            (None, None) => return Err(NetlinkError::RouteWithoutNextHop { dst, prefix_len }),
+            (Some(gateway), _) => builder = builder.gateway(gateway),
+            (None, Some(_)) => builder = builder.scope(RouteScope::Link),
+        }
+        if let Some(oif) = oif {
+            builder = builder.output_interface(oif);
+        }
+        let result = self.handle.route().add(builder.build()).execute().await;
+        if idempotent(result, &[libc::EEXIST], "add route", format!("{dst}/{prefix_len}"))? {
+            debug!(%dst, prefix_len, ?gateway, ?oif, "added route");
+        }
+        Ok(())
+    }
+
+    /// `ip route add blackhole DST/LEN`: traffic to it is dropped (tests use it to cut a
+    /// host off from one address). Idempotent.
+    pub async fn add_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        let result = self.handle.route().add(blackhole_route(dst, prefix_len)?).execute().await;
+        idempotent(result, &[libc::EEXIST], "add blackhole route", format!("{dst}/{prefix_len}")).map(drop)
+    }
+
+    /// Removes a route added by [`Netlink::add_blackhole_route`]; fine if it is gone.
+    pub async fn del_blackhole_route(&self, dst: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        let result = self.handle.route().del(blackhole_route(dst, prefix_len)?).execute().await;
+        idempotent(result, &[libc::ESRCH, libc::ENOENT], "delete blackhole route", format!("{dst}/{prefix_len}")).map(drop)
     }
 }
