@@ -76,6 +76,7 @@ impl Agent {
             store: StoreInfo {
                 backend: self.kv.describe(),
                 member: self.kv.member(),
+                watch_member: self.kv.watch_member(),
                 state,
                 disconnected_since: since,
                 lease: (self.lease != 0).then(|| format!("{:x}", self.lease)),

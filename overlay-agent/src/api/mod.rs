@@ -218,6 +218,9 @@ pub struct StoreInfo {
     /// The etcd member requests go to now (the next one takes over when it fails).
     #[serde(default)]
     pub member: Option<String>,
+    /// The etcd member the watch runs on (it moves when its stream breaks).
+    #[serde(default)]
+    pub watch_member: Option<String>,
     /// Since when disconnected (RFC 3339, UTC).
     pub disconnected_since: Option<String>,
     /// The node's lease, in hex (etcd's notation), `None` before registration.

@@ -27,8 +27,11 @@ pub fn execute(config: &Config, out: OutputArgs) -> Result<()> {
         Some(since) => format!("disconnected since {since}"),
         None => st.state.clone(),
     };
-    if let Some(member) = &st.member {
-        conn = format!("{conn} via {member}");
+    if let (None, Some(member)) = (&st.disconnected_since, &st.member) {
+        conn = format!("{conn} to {member}");
+        if let Some(watched) = st.watch_member.as_ref().filter(|w| *w != member) {
+            conn = format!("{conn}, watching on {watched}");
+        }
     }
     println!(
         "store:     {} ({conn}; lease {} ttl {}s; {}{}; {} static endpoints{})",

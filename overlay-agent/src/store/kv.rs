@@ -132,6 +132,11 @@ pub trait Kv: Clone + Send + Sync + 'static {
         None
     }
 
+    /// The server the watch runs on, where the backend has several.
+    fn watch_member(&self) -> Option<String> {
+        None
+    }
+
     /// Applies `txn` atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, StoreError>> + Send;
 

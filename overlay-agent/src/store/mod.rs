@@ -132,6 +132,10 @@ impl Kv for AnyKv {
         each!(self, k => k.member())
     }
 
+    fn watch_member(&self) -> Option<String> {
+        each!(self, k => k.watch_member())
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         each!(self, k => k.txn(txn).await)
     }

@@ -28,12 +28,18 @@ struct Member {
     client: Client,
 }
 
-/// Every configured member's client and the index of the one in use.
+/// Every configured member's client, the index of the one in use, and that of the one
+/// the watch stream runs on (it stays there while it works, even when other requests
+/// moved on).
 #[derive(Clone)]
 pub(super) struct Members {
     members: Arc<[Member]>,
     pinned: Arc<AtomicUsize>,
+    watching: Arc<AtomicUsize>,
 }
+
+/// `watching` before the first watch.
+const NONE: usize = usize::MAX;
 
 impl Members {
     /// One lazily connecting client per endpoint: nothing is reached here.
@@ -54,7 +60,7 @@ impl Members {
         // Agents start on different members, spreading the watches over the cluster.
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let first = nanos as usize % members.len();
-        Ok(Self { members: members.into(), pinned: Arc::new(AtomicUsize::new(first)) })
+        Ok(Self { members: members.into(), pinned: Arc::new(AtomicUsize::new(first)), watching: Arc::new(AtomicUsize::new(NONE)) })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -63,13 +69,23 @@ impl Members {
 
     /// The member requests go to now: its index (for [`Members::failed`]) and client.
     pub(super) fn pick(&self) -> (usize, Client) {
-        let i = self.pinned.load(Ordering::Relaxed) % self.members.len();
+        let i = self.pinned.load(Ordering::Relaxed);
         (i, self.members[i].client.clone())
     }
 
     /// The URL of the member requests go to now.
     pub(super) fn current(&self) -> &str {
-        &self.members[self.pinned.load(Ordering::Relaxed) % self.members.len()].url
+        &self.members[self.pinned.load(Ordering::Relaxed)].url
+    }
+
+    /// The watch stream runs on member `i` now.
+    pub(super) fn watching(&self, i: usize) {
+        self.watching.store(i, Ordering::Relaxed);
+    }
+
+    /// The URL of the member the watch stream runs on, once there is one.
+    pub(super) fn watched(&self) -> Option<&str> {
+        self.members.get(self.watching.load(Ordering::Relaxed)).map(|m| m.url.as_str())
     }
 
     /// A request to member `i` failed with `e`: when retrying may help elsewhere (the
@@ -125,5 +141,8 @@ mod tests {
         m.failed(next, &unavailable());
         m.failed((next + 1) % 3, &unavailable());
         assert_eq!(m.pick().0, first, "it wraps around");
+        assert_eq!(m.watched(), None);
+        m.watching(2);
+        assert_eq!(m.watched(), Some(urls[2].as_str()));
     }
 }

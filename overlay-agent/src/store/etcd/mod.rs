@@ -246,6 +246,10 @@ impl Kv for EtcdKv {
         Some(self.members.current().to_owned())
     }
 
+    fn watch_member(&self) -> Option<String> {
+        self.members.watched().map(str::to_owned)
+    }
+
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         let compares: Vec<_> = txn.conds.iter().map(compare).collect();
         let mut ops: Vec<_> = txn
@@ -406,6 +410,7 @@ impl EtcdKv {
             Ok(s) => s,
             Err(e) => return WatchEnd::Broken(e),
         };
+        self.members.watching(member);
         loop {
             let resp = match self.track(member, "watching", stream.message().await) {
                 Ok(Some(r)) => r,
@@ -417,16 +422,18 @@ impl EtcdKv {
                 }
                 Err(e) => return WatchEnd::Broken(e),
             };
-            backoff.reset();
             if resp.compact_revision() > 0 {
                 return WatchEnd::Compacted;
             }
             if resp.canceled() {
                 // With `require_leader`, a member that lost its leader cancels its watches.
+                // (No backoff reset: a member that cancels every watch it accepts is
+                // retried at the growing interval, not every 100 ms.)
                 let e = StoreError::WatchCanceled { reason: resp.cancel_reason().to_owned() };
                 self.members.failed(member, &e);
                 return WatchEnd::Broken(e);
             }
+            backoff.reset();
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 *next = kv.mod_revision() + 1;
