@@ -1,8 +1,9 @@
 //! What the datapath refuses on real interfaces: a container sending from an address or
 //! MAC that is not its own, or anything but IPv4 and ARP (both datapaths: the eBPF
-//! programs, or the agent's bridge-family nftables rules in kernel mode), and, in eBPF
-//! mode, VXLAN from a host on the underlay that the store does not list for the network
-//! (until it is declared with `remote add`). The
+//! programs, or the agent's bridge-family nftables rules in kernel mode), and VXLAN from
+//! a host on the underlay that the store does not list for the network, until it is
+//! declared with `remote add` (the eBPF programs' `OVL_VTEPS`, or the agent's input-hook
+//! nftables rules in kernel mode). The
 //! crafted-frame versions of each check, with every counter, are the prog tests
 //! (overlay-agent's `datapath::prog_tests::hardening`).
 
@@ -10,7 +11,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use integration_tests::{
     Capture, NetNs,
-    lab::{BLUE, Lab},
+    lab::{BLUE, Lab, LabOptions},
     ping, require_root,
     plain::plain_linux_host,
     topo::{H2_IP, Underlay, add_addr, set_link},
@@ -148,35 +149,62 @@ fn a_container_cannot_send_from_an_address_or_mac_not_its_own() {
 #[test]
 fn vxlan_from_a_host_the_store_does_not_know_is_not_decapsulated() {
     require_root();
-    // The eBPF datapath's check (kernel mode decapsulates for any source, as the
-    // kernel's VXLAN device does): run whatever the suite's mode.
     let mut lab = Lab::new(Underlay::two_hosts(), &[BLUE]);
-    lab.set_mode(0, DatapathMode::Ebpf);
+    let ebpf = lab.mode(0) != DatapathMode::Kernel;
     lab.start_agent(0);
     lab.add_container(0, "c1", BLUE, ip("10.0.10.10"));
     let (c1ip, c1mac, vtep1) = (lab.container("c1").ip, lab.container("c1").mac, lab.host(0).ip);
     // A plain Linux VTEP on the underlay that knows c1 and sends to it, but that nobody
     // declared: its frames carry a valid VNI, a valid inner MAC, our VTEP address.
     let stranger = plain_linux_host(&lab, c1ip, c1mac, vtep1);
-    let denied = ping(&stranger.container, c1ip, 3, Duration::from_millis(500));
-    assert_eq!(denied.received, 0, "{denied:?}");
-    let d = lab.dump(0);
-    assert!(d.packets(Direction::FromUnderlay, Reason::UnknownVtep) >= 3, "{:#?}", d.stats);
-    assert_eq!(d.packets(Direction::FromUnderlay, Reason::Decapsulated), 0, "{:#?}", d.stats);
-    assert!(!d.vteps.iter().any(|v| v.vtep == H2_IP), "{:#?}", d.vteps);
+    // Refused: nothing reaches c1 (in kernel mode its answer would have nowhere to go
+    // either, so the capture, not the ping, is what shows the frames were dropped).
+    let refused = |lab: &Lab, what: &str| {
+        let cap = Capture::start(&lab.container("c1").ns, "eth0");
+        let denied = ping(&stranger.container, c1ip, 3, Duration::from_millis(500));
+        assert_eq!(denied.received, 0, "{what}: {denied:?}");
+        assert!(!seen_from(&cap.stop(), stranger.ip), "{what}: the stranger's pings reached c1");
+    };
+    refused(&lab, "undeclared");
+    if ebpf {
+        let d = lab.dump(0);
+        assert!(d.packets(Direction::FromUnderlay, Reason::UnknownVtep) >= 3, "{:#?}", d.stats);
+        assert_eq!(d.packets(Direction::FromUnderlay, Reason::Decapsulated), 0, "{:#?}", d.stats);
+        assert!(!d.vteps.iter().any(|v| v.vtep == H2_IP), "{:#?}", d.vteps);
+    }
 
     // Declared: accepted from then on, both ways.
     lab.cli(0, &[
         "remote", "add", "--network", "blue", "--ip", &stranger.ip.to_string(), "--mac", &stranger.mac.to_string(), "--vtep", &H2_IP.to_string(),
     ])
     .assert_success();
-    lab.wait_for_dump(0, "the declared VTEP accepted", CONVERGE, |d| d.vteps.iter().any(|v| v.vni == BLUE.vni && v.vtep == H2_IP));
+    if ebpf {
+        lab.wait_for_dump(0, "the declared VTEP accepted", CONVERGE, |d| d.vteps.iter().any(|v| v.vni == BLUE.vni && v.vtep == H2_IP));
+    }
     assert_eq!(ping(&stranger.container, c1ip, 2, Duration::from_secs(2)).received, 2);
     assert_eq!(ping(&lab.container("c1").ns, stranger.ip, 2, Duration::from_secs(2)).received, 2);
     // Removed again: refused again.
     lab.cli(0, &["remote", "del", "--network", "blue", "--ip", &stranger.ip.to_string()]).assert_success();
-    lab.wait_for_dump(0, "the VTEP no longer accepted", CONVERGE, |d| !d.vteps.iter().any(|v| v.vtep == H2_IP));
+    if ebpf {
+        lab.wait_for_dump(0, "the VTEP no longer accepted", CONVERGE, |d| !d.vteps.iter().any(|v| v.vtep == H2_IP));
+    }
     let before = lab.dump(0).packets(Direction::FromUnderlay, Reason::UnknownVtep);
-    assert_eq!(ping(&stranger.container, c1ip, 2, Duration::from_millis(500)).received, 0);
-    assert!(lab.dump(0).packets(Direction::FromUnderlay, Reason::UnknownVtep) > before);
+    refused(&lab, "declared and removed again");
+    if ebpf {
+        assert!(lab.dump(0).packets(Direction::FromUnderlay, Reason::UnknownVtep) > before);
+    }
+}
+
+#[test]
+fn known_vteps_only_false_takes_vxlan_from_any_host() {
+    require_root();
+    let options = LabOptions { network_extra: "known_vteps_only = false\n".into(), ..Default::default() };
+    let mut lab = Lab::with_options(Underlay::two_hosts(), &[BLUE], options);
+    lab.start_agent(0);
+    lab.add_container(0, "c1", BLUE, ip("10.0.10.10"));
+    let (c1ip, c1mac, vtep1) = (lab.container("c1").ip, lab.container("c1").mac, lab.host(0).ip);
+    let stranger = plain_linux_host(&lab, c1ip, c1mac, vtep1);
+    let cap = Capture::start(&lab.container("c1").ns, "eth0");
+    ping(&stranger.container, c1ip, 2, Duration::from_millis(500));
+    assert!(seen_from(&cap.stop(), stranger.ip), "the stranger's pings did not reach c1 with known_vteps_only = false");
 }

@@ -242,7 +242,10 @@ impl Agent {
             // Everything is known now: compare the datapath as a whole.
             self.desired.take_dirty();
             let desired_done = started.elapsed();
-            match self.datapath.resync(&self.desired).await {
+            self.follow_vteps();
+            let resynced = self.datapath.resync(&self.desired).await;
+            self.follow_vteps();
+            match resynced {
                 Ok(applied) => {
                     let first = !self.synced;
                     self.synced = true;

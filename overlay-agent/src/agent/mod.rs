@@ -155,6 +155,11 @@ pub struct Agent {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// A trace session is open (see [`trace`]).
     tracing: bool,
+    /// The nftables table as last written (see [`gateway`]).
+    firewall_written: std::sync::Mutex<Option<crate::firewall::Ruleset>>,
+    /// Kernel mode: the anti-spoofing rules of veths being removed, kept until they are
+    /// gone (the datapath no longer lists them as local meanwhile).
+    unplugging: Vec<crate::firewall::Guard>,
 }
 
 /// How the main loop ended.
@@ -280,6 +285,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
                 if let Err(e) = agent.datapath.resync(&agent.desired).await {
                     error!(error = %e, "repairing the kernel's tables");
                 }
+                // Also retries a table write that failed (nothing else may change soon).
+                agent.follow_vteps();
             }
         }
     };
@@ -393,7 +400,10 @@ impl Agent {
         if dirty.is_empty() {
             return Ok(());
         }
-        let applied = self.datapath.apply(&self.desired, &dirty).await?;
+        self.follow_vteps();
+        let applied = self.datapath.apply(&self.desired, &dirty).await;
+        self.follow_vteps();
+        let applied = applied?;
         if applied.full > 0 {
             warn!(entries = applied.full, "datapath tables full: entries not installed (see `overlay-agent status`)");
         }

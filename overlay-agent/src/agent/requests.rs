@@ -359,6 +359,7 @@ impl Agent {
     }
 
     async fn undo_plug(&mut self, ep: &LocalEndpoint) {
+        self.keep_guard(ep);
         if let Err(e) = self.datapath.detach_endpoint(ep).await {
             warn!(error = %e, "undo: detaching the endpoint");
         }
@@ -368,6 +369,27 @@ impl Agent {
         }
         if let Err(e) = plumb::unplug(&self.host, ep.ifindex).await {
             warn!(error = %e, "undo: deleting the veth");
+        }
+        self.drop_guard(ep);
+    }
+
+    /// Kernel mode: `ep`'s anti-spoofing rules stay in the table while its veth is
+    /// taken out of the datapath and deleted (until [`Agent::drop_guard`]).
+    fn keep_guard(&mut self, ep: &LocalEndpoint) {
+        if matches!(self.datapath, crate::datapath::AnyDatapath::Kernel(_)) {
+            self.unplugging.push(crate::firewall::Guard { ifname: ep.ifname.clone(), ip: ep.ip, mac: ep.mac });
+        }
+    }
+
+    /// `ep`'s veth is gone (or could not be deleted: then its rules go too, so that no
+    /// stale rule matches a new veth of the same name).
+    fn drop_guard(&mut self, ep: &LocalEndpoint) {
+        let before = self.unplugging.len();
+        self.unplugging.retain(|g| g.ifname != ep.ifname);
+        if self.unplugging.len() != before
+            && let Err(e) = self.sync_firewall()
+        {
+            warn!(error = %e, "removing a deleted veth's anti-spoofing rules; retried with the next change");
         }
     }
 
@@ -405,12 +427,20 @@ impl Agent {
             ifname: local.record.host_ifname.clone(),
         };
         self.save_state();
-        self.datapath.detach_endpoint(&ep).await?;
+        self.keep_guard(&ep);
+        let removed = self.remove_plugged(&ep).await;
+        self.drop_guard(&ep);
+        removed?;
+        info!(network, %ip, "endpoint deleted");
+        Ok(info)
+    }
+
+    async fn remove_plugged(&mut self, ep: &LocalEndpoint) -> Result<(), RequestError> {
+        self.datapath.detach_endpoint(ep).await?;
         self.desired.remove_local(ep.ifindex);
         self.flush().await?;
         plumb::unplug(&self.host, ep.ifindex).await?;
-        info!(network, %ip, "endpoint deleted");
-        Ok(info)
+        Ok(())
     }
 
     async fn add_static(&mut self, spec: RemoteSpec) -> Result<EndpointInfo, RequestError> {

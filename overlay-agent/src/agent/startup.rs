@@ -278,6 +278,8 @@ pub(super) async fn start(config: Config) -> Result<(Agent, Listeners), AgentErr
         initial_sync: None,
         metrics,
         tracing: false,
+        firewall_written: std::sync::Mutex::new(None),
+        unplugging: Vec::new(),
     };
     // Local entries only: nothing learnt from the store is removed before its first
     // full list has been applied.

@@ -192,6 +192,17 @@ impl KernelDatapath {
         Ok(devices::sync_flood(&self.nl, dev, &want, applied).await?)
     }
 
+    /// The VTEPs this datapath sends `vni`'s frames to now (its flood list; for an L3
+    /// network also the FDB entries of the other nodes' VXLAN MACs): from a fresh start
+    /// what the store says, after a restart what the previous run installed.
+    pub fn vteps(&self, vni: u32) -> BTreeSet<Ipv4Addr> {
+        let mut out: BTreeSet<Ipv4Addr> = self.flood.get(&vni).into_iter().flatten().map(|&(vtep, _)| vtep).collect();
+        if self.nets.iter().any(|n| n.vni == vni && n.router.is_some_and(|r| r.l3)) {
+            out.extend(self.fdb.iter().filter(|((v, _), _)| *v == vni).map(|(_, &(vtep, _))| vtep));
+        }
+        out
+    }
+
     /// Brings back devices that vanished or went down (someone's `ip link set down`).
     async fn repair_devices(&mut self) -> Result<(), DatapathError> {
         let mut broken = false;

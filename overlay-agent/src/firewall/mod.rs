@@ -15,7 +15,10 @@
 //! - published ports (`endpoint add --publish`): DNAT from this host's address;
 //! - in kernel mode, anti-spoofing on each container's host-side veth (the bridge-family
 //!   table): only the container's own MAC, IPv4 from its own address, ARP with its own
-//!   sender fields, and nothing but IPv4 and ARP, as the eBPF datapath enforces.
+//!   sender fields, and nothing but IPv4 and ARP, as the eBPF datapath enforces;
+//! - in kernel mode, the underlay filter: VXLAN of a network (its UDP port and VNI) only
+//!   from the VTEPs the agent knows for it (`known_vteps_only`), as the eBPF datapath's
+//!   `OVL_VTEPS` check does; the kernel's VXLAN device itself takes any source.
 
 use std::{
     io::Write as _,
@@ -83,6 +86,16 @@ pub struct Ruleset {
     pub anycast: Vec<(u32, crate::mac::MacAddr)>,
     /// Kernel mode: the local containers' host-side veths and what they may send from.
     pub guards: Vec<Guard>,
+    /// Kernel mode: the networks that take VXLAN only from known VTEPs, and those VTEPs.
+    pub vteps: Vec<VtepFilter>,
+}
+
+/// VXLAN of one network (UDP port and VNI) is decapsulated only from `sources`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VtepFilter {
+    pub vni: u32,
+    pub udp_port: u16,
+    pub sources: std::collections::BTreeSet<Ipv4Addr>,
 }
 
 /// A container's host-side veth and its own addresses (kernel mode's anti-spoofing).
@@ -100,6 +113,7 @@ impl Ruleset {
             && self.publish.is_empty()
             && self.anycast.is_empty()
             && self.guards.is_empty()
+            && self.vteps.is_empty()
     }
 
     /// The `nft -f -` script that replaces the table with this ruleset.
@@ -129,6 +143,21 @@ impl Ruleset {
             t += "}\n";
         }
         t += &format!("table {TABLE} {{\n");
+        if !self.vteps.is_empty() {
+            // The VNI is the 24 bits at byte 12 of the UDP header and payload: after the
+            // 8-byte UDP header, the VXLAN flags (1 byte) and 3 reserved bytes. The input
+            // hook runs before the UDP socket hands the packet to the VXLAN device.
+            t += "    chain input {\n        type filter hook input priority filter; policy accept;\n";
+            for f in &self.vteps {
+                let (port, vni) = (f.udp_port, f.vni);
+                let sources: Vec<String> = f.sources.iter().map(ToString::to_string).collect();
+                let from = if sources.is_empty() { String::new() } else { format!("ip saddr != {{ {} }} ", sources.join(", ")) };
+                t += &format!(
+                    "        udp dport {port} @th,96,24 {vni} {from}counter drop comment \"VXLAN of VNI {vni} from an unknown VTEP\"\n"
+                );
+            }
+            t += "    }\n";
+        }
         if !self.isolate.is_empty() {
             t += "    chain forward {\n        type filter hook forward priority filter; policy accept;\n";
             for vni in &self.isolate {
@@ -224,6 +253,7 @@ pub fn apply(rules: &Ruleset) -> Result<(), FirewallError> {
         isolated = rules.isolate.len(),
         masquerade = rules.masquerade.len(),
         published = rules.publish.len(),
+        vtep_filters = rules.vteps.len(),
         "nftables table in place"
     );
     Ok(())
@@ -265,6 +295,14 @@ mod tests {
                 ip: "10.50.0.2".parse().unwrap(),
                 mac: crate::mac::MacAddr([2, 0x42, 10, 50, 0, 2]),
             }],
+            vteps: vec![
+                VtepFilter {
+                    vni: 50,
+                    udp_port: 4789,
+                    sources: ["198.51.100.2".parse().unwrap(), "203.0.113.3".parse().unwrap()].into(),
+                },
+                VtepFilter { vni: 51, udp_port: 8472, sources: Default::default() },
+            ],
         };
         let s = r.script();
         assert!(s.starts_with("table inet overlay_agent\ndelete table inet overlay_agent\ntable bridge overlay_agent\ndelete table bridge overlay_agent\n"), "{s}");
@@ -279,6 +317,11 @@ mod tests {
         assert!(s.contains("iifname \"ovl0123\" ether type != { ip, arp } counter drop"), "{s}");
         assert!(s.contains("iifname \"ovl0123\" ip saddr != 10.50.0.2 counter drop"), "{s}");
         assert!(s.contains("iifname \"ovl0123\" arp saddr ip != { 10.50.0.2, 0.0.0.0 } counter drop"), "{s}");
+        assert!(
+            s.contains("udp dport 4789 @th,96,24 50 ip saddr != { 198.51.100.2, 203.0.113.3 } counter drop"),
+            "{s}"
+        );
+        assert!(s.contains("udp dport 8472 @th,96,24 51 counter drop"), "no known VTEP: nothing of VNI 51: {s}");
         assert!(Ruleset::default().is_empty());
     }
 }
