@@ -309,8 +309,12 @@ impl Agent {
             return Err(e.into());
         }
         self.desired.add_local(ep.clone());
-        let attached = match self.flush().await {
-            Ok(()) => self.datapath.attach_endpoint(&ep).await,
+        // The veth's program (or bridge port) before the entries that make the container
+        // reachable: attached after them, the first packet from another host could reach
+        // the container while its answer's ARP request went to a veth without a program,
+        // which the kernel drops (one second to the retry; seen in the bench).
+        let attached = match self.datapath.attach_endpoint(&ep).await {
+            Ok(()) => self.flush().await,
             Err(e) => Err(e),
         };
         if let Err(e) = attached {
