@@ -80,17 +80,6 @@ impl Agent {
         !publish.is_empty() || matches!(self.datapath, AnyDatapath::Kernel(_))
     }
 
-    /// Kernel mode: the table with `ep`'s anti-spoofing rules added, before `ep` is
-    /// attached (the rules match its veth by name, which exists once plugged).
-    pub(super) fn guard_before_attach(&self, ep: &crate::datapath::LocalEndpoint) -> Result<(), FirewallError> {
-        if !matches!(self.datapath, AnyDatapath::Kernel(_)) {
-            return Ok(());
-        }
-        let mut rules = self.firewall_rules();
-        rules.guards.push(Guard { ifname: ep.ifname.clone(), ip: ep.ip, mac: ep.mac });
-        self.write_firewall(rules)
-    }
-
     /// Writes the table (or removes it when empty).
     pub(super) fn sync_firewall(&self) -> Result<(), FirewallError> {
         self.write_firewall(self.firewall_rules())

@@ -301,14 +301,17 @@ impl Agent {
             }
         };
         let ep = LocalEndpoint { vni: net.vni, ip, mac, ifindex: plugged.host_ifindex, ifname: plugged.host_ifname.clone() };
-        // Kernel mode: the veth's anti-spoofing rules before it joins the bridge, so the
-        // container never sends unchecked (the eBPF program checks from its first frame).
-        if let Err(e) = self.guard_before_attach(&ep) {
+        self.desired.add_local(ep.clone());
+        // Kernel mode: the veth's anti-spoofing rules (the table takes them from the
+        // datapath's local endpoints) before it joins the bridge, so the container never
+        // sends unchecked (the eBPF program checks from its first frame).
+        if matches!(self.datapath, crate::datapath::AnyDatapath::Kernel(_))
+            && let Err(e) = self.sync_firewall()
+        {
             self.undo_plug(&ep).await;
             self.undo_claim(net.vni, ip).await;
             return Err(e.into());
         }
-        self.desired.add_local(ep.clone());
         // The veth's program (or bridge port) before the entries that make the container
         // reachable: attached after them, the first packet from another host could reach
         // the container while its answer's ARP request went to a veth without a program,

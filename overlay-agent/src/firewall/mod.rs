@@ -150,8 +150,7 @@ impl Ruleset {
             t += "    chain input {\n        type filter hook input priority filter; policy accept;\n";
             for f in &self.vteps {
                 let (port, vni) = (f.udp_port, f.vni);
-                let sources: Vec<String> = f.sources.iter().map(ToString::to_string).collect();
-                let from = if sources.is_empty() { String::new() } else { format!("ip saddr != {{ {} }} ", sources.join(", ")) };
+                let from = if f.sources.is_empty() { String::new() } else { format!("ip saddr != {} ", set(&f.sources)) };
                 t += &format!(
                     "        udp dport {port} @th,96,24 {vni} {from}counter drop comment \"VXLAN of VNI {vni} from an unknown VTEP\"\n"
                 );
@@ -201,8 +200,9 @@ impl Ruleset {
     }
 }
 
-fn set(nets: &[Ipv4Net]) -> String {
-    let items: Vec<String> = nets.iter().map(ToString::to_string).collect();
+/// An anonymous nft set: `{ a, b }`.
+fn set<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
     format!("{{ {} }}", items.join(", "))
 }
 
